@@ -1,0 +1,32 @@
+# cmbscat: every target uses the project's own virtual environment in .venv
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+# A CPU build of PyTorch: small, and enough for everything but fast training.
+# Users with a GPU: install the CUDA build of torch first, then `make install`.
+TORCH  ?= torch==2.13.0
+
+.PHONY: install test smoke reproduce bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+install: $(PY)  ## create .venv and install cmbscat with its test extras
+	$(PY) -m pip install --quiet "$(TORCH)" -e ".[dev]"
+
+test:  ## run the test suite
+	$(BIN)/pytest -q
+
+smoke:  ## a tiny end-to-end run of every stage (minutes on 2 cores)
+	bash pipelines/smoke.sh
+
+reproduce:  ## the paper experiment, every stage, with a results table
+	bash pipelines/paper.sh
+
+bench:  ## benchmarks: measured timings side by side with their references
+	$(PY) benchmarks/simulate.py
+
+clean:
+	rm -rf results runs .pytest_cache

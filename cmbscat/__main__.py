@@ -1,0 +1,3 @@
+from cmbscat.cli import main
+
+main()

@@ -1,0 +1,111 @@
+"""Command line: a thin layer over the library (``cmbscat --help``).
+
+Every stage reads and writes files, is deterministic given its seed, resumes
+after an interruption, and reports bad input as one line on stderr with a
+non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from cmbscat import __version__
+from cmbscat.errors import CmbscatError
+
+
+class _Group(click.Group):
+    """Turns stray OSErrors (unwritable paths, full disks) into one-line errors."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("\nInterrupted: finished items are kept; re-run the same command to resume.",
+                       err=True)
+            sys.exit(130)
+        except OSError as exc:
+            where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+            raise CmbscatError(f"cannot access{where}: {exc.strerror or exc}") from None
+
+
+def _shard_option(func):
+    return click.option(
+        "--shard", "shard", default=None, metavar="K/N",
+        help="Process only slice K of N equal slices of the maps (0 <= K < N), e.g. one "
+             "task of a Slurm job array; join the shard files with `cmbscat combine`.",
+    )(func)
+
+
+def _progress_option(func):
+    return click.option("--progress/--no-progress", default=True, show_default=True,
+                        help="Show a progress bar on stderr.")(func)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"],
+                                            "show_default": True})
+@click.version_option(__version__, prog_name="cmbscat")
+def main():
+    """Tell Gaussian from non-Gaussian full-sky CMB maps.
+
+    Stages: simulate -> scatter -> train -> evaluate; each reads and writes files.
+    """
+
+
+@main.command()
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--n-maps", type=int, default=16,
+              help="Number of maps, even: half Gaussian (label 0), half non-Gaussian (label 1), "
+                   "interleaved (map i has label i % 2).")
+@click.option("--nside", type=int, default=64, help="HEALPix resolution of the maps (power of two).")
+@click.option("--lmax", type=int, default=127,
+              help="Band limit: maximum multipole (the papers' L = 1024 is --lmax 1023); "
+                   "at most 3*nside-1.")
+@click.option("--fnl", type=float, default=1000.0,
+              help="Local f_NL of the non-Gaussian class (Sachs-Wolfe toy model; positive "
+                   "f_NL gives negative skewness).")
+@click.option("--seed", type=int, default=0, help="Run seed; each map's own seed is derived from it "
+                                                  "and stored in /seeds.")
+@click.option("--ng-model", type=click.Choice(["local"]), default="local",
+              help="Non-Gaussian model (see README: local-type f_NL, Sachs-Wolfe approximation).")
+@click.option("--store", type=click.Choice(["alm", "maps", "both"]), default="both",
+              help="Write /alm (complex64, band-limited truth), /maps (float32, RING, uK), or both.")
+@_shard_option
+@_progress_option
+def simulate(out, n_maps, nside, lmax, fnl, seed, ng_model, store, shard, progress):
+    """Simulate Gaussian and non-Gaussian CMB skies into the HDF5 file OUT.
+
+    Gaussian a_lm follow the Planck 2018 best-fit lensed TT spectrum (uK). The
+    non-Gaussian class is T = g - 3 f_NL (g^2 - <g^2>) / T_CMB, rescaled by a fixed
+    harmonic transfer function so both classes have the same expected power
+    spectrum. Re-running the same command resumes an interrupted run.
+    """
+    from cmbscat.simulate import SimulationConfig
+    from cmbscat.simulate import simulate as run
+    from cmbscat.store import Shard
+
+    config = SimulationConfig(n_maps=n_maps, nside=nside, lmax=lmax, fnl=fnl, seed=seed,
+                              ng_model=ng_model, store=store)
+    n_new = run(out, config, shard=Shard.parse(shard) if shard else None, progress=progress)
+    click.echo(f"wrote {out} ({n_new} maps computed now)" if n_new else f"{out} is already complete",
+               err=True)
+
+
+@main.command()
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+def combine(out, shards):
+    """Join finished shard files SHARDS... into OUT without copying data.
+
+    OUT holds HDF5 virtual datasets that point at the shard files (by paths
+    relative to OUT's folder): keep the files together.
+    """
+    from cmbscat.store import combine_shards
+
+    n = combine_shards(out, shards)
+    click.echo(f"wrote {out} ({n} items from {len(shards)} shards)", err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Trainable spherical layers and models (PyTorch)."""
