@@ -1,0 +1,60 @@
+"""The input spectrum, Gaussian a_lm draws and the exact spectrum of g^2."""
+
+import healpy as hp
+import numpy as np
+import pytest
+
+from cmbscat.errors import CmbscatError
+from cmbscat.spectra import gaussian_alm, pixel_variance, planck2018_cl, squared_field_cl
+
+
+def test_planck_table_is_a_cmb_spectrum():
+    cl = planck2018_cl(3000)
+    ell = np.arange(cl.size)
+    dl = ell * (ell + 1) * cl / (2 * np.pi)
+    assert cl[0] == cl[1] == 0 and np.all(cl[2:] > 0)
+    assert 180 < np.argmax(dl) < 260            # first acoustic peak near ell ~ 220
+    assert 5000 < dl.max() < 6500               # its height, uK^2
+    with pytest.raises(CmbscatError):
+        planck2018_cl(10**5)
+
+
+def test_gaussian_alm_has_the_input_spectrum():
+    lmax, n = 64, 200
+    cl = planck2018_cl(lmax)
+    rng = np.random.default_rng(3)
+    mean = np.mean([hp.alm2cl(gaussian_alm(cl, rng)) for _ in range(n)], axis=0)
+    ell = np.arange(2, lmax + 1)
+    # each alm2cl is chi^2 with 2l+1 dof: sd of the mean = C_l sqrt(2 / ((2l+1) n))
+    z = (mean[2:] - cl[2:]) / (cl[2:] * np.sqrt(2 / ((2 * ell + 1) * n)))
+    assert np.all(np.abs(z) < 4.5), np.abs(z).max()
+    assert abs(np.mean(z**2) - 1) < 0.4
+
+
+def test_gaussian_alm_is_a_function_of_the_seed():
+    cl = planck2018_cl(32)
+    a = gaussian_alm(cl, np.random.default_rng(7))
+    b = gaussian_alm(cl, np.random.default_rng(7))
+    c = gaussian_alm(cl, np.random.default_rng(8))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert np.all(a[hp.Alm.getidx(32, np.arange(33), 0)].imag == 0)
+
+
+def test_squared_field_spectrum_matches_monte_carlo():
+    """Exact (Gauss-Legendre) spectrum of g^2 vs g^2 formed on a grid that resolves it."""
+    lmax, nside, n = 24, 32, 300
+    cl = planck2018_cl(lmax)
+    expected = squared_field_cl(cl)
+    rng = np.random.default_rng(0)
+    sigma2 = pixel_variance(cl)
+    est = []
+    for _ in range(n):
+        g = hp.alm2map(gaussian_alm(cl, rng), nside, lmax=lmax)
+        est.append(hp.alm2cl(hp.map2alm(g * g - sigma2, lmax=lmax, iter=3)))
+    est = np.array(est)
+    ratio = est.mean(0)[2:] / expected[2:]
+    err = est.std(0)[2:] / np.sqrt(n) / expected[2:]
+    assert np.all(np.abs(ratio - 1) < 5 * err), np.max(np.abs(ratio - 1) / err)
+    # and the pixel variance is the sum of the spectrum
+    assert np.isclose(sigma2, np.mean([np.var(hp.alm2map(gaussian_alm(cl, rng), nside, lmax=lmax))
+                                       for _ in range(50)]), rtol=0.2)
