@@ -93,6 +93,85 @@ def simulate(out, n_maps, nside, lmax, fnl, seed, ng_model, store, shard, progre
 
 
 @main.command()
+@click.argument("data", type=click.Path(dir_okay=False))
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--model", type=click.Choice(["hybrid", "baseline", "powspec", "onepoint"]),
+              default="hybrid",
+              help="hybrid: DISCO CNN on scattering coefficients (DATA from cmbscat scatter); "
+                   "baseline: the same kind of CNN on the raw map cut to --baseline-lmax at "
+                   "--baseline-nside (DATA from cmbscat simulate); powspec / onepoint: logistic "
+                   "regression on the binned power spectrum / on skewness and kurtosis of the "
+                   "full-resolution map (DATA from cmbscat simulate).")
+@click.option("--epochs", type=int, default=30, help="Training epochs (networks only).")
+@click.option("--batch-size", type=int, default=16, help="Maps per optimisation step.")
+@click.option("--lr", type=float, default=2e-3, help="Peak learning rate (AdamW, cosine decay).")
+@click.option("--weight-decay", type=float, default=1e-4, help="AdamW weight decay.")
+@click.option("--val-fraction", type=float, default=0.2,
+              help="Fraction of DATA held out (stratified) to pick the best epoch.")
+@click.option("--seed", type=int, default=0, help="Seed of the split, initialisation and shuffling.")
+@click.option("--baseline-nside", type=int, default=64, help="Input nside of the baseline model.")
+@click.option("--baseline-lmax", type=int, default=127, help="Input band limit of the baseline model.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
+@_progress_option
+def train(data, run_dir, model, epochs, batch_size, lr, weight_decay, val_fraction, seed,
+          baseline_nside, baseline_lmax, device, progress):
+    """Train a classifier on DATA into RUN_DIR (checkpoints, curves, config).
+
+    Inputs are standardised with statistics of the training split only, saved with
+    the model. The best epoch (lowest validation loss) is kept as model.pt; an
+    interrupted run resumes from last.pt when the same command is run again.
+    """
+    from cmbscat.train import TrainConfig
+    from cmbscat.train import train as run
+
+    config = TrainConfig(data=str(data), model=model, epochs=epochs, batch_size=batch_size, lr=lr,
+                         weight_decay=weight_decay, val_fraction=val_fraction, seed=seed,
+                         baseline_nside=baseline_nside, baseline_lmax=baseline_lmax)
+    summary = run(run_dir, config, device=device, progress=progress)
+    click.echo(f"{run_dir}: {model} trained, validation accuracy {summary['val_accuracy']:.3f}",
+               err=True)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("test", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for metrics.json, scores.npy and roc.png [default: RUN_DIR].")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
+@_progress_option
+def evaluate(run_dir, test, out_dir, device, progress):
+    """Score the run in RUN_DIR on the labelled maps of TEST.
+
+    Writes metrics.json (accuracy with binomial standard error, ROC AUC, confusion
+    matrix [[TN, FP], [FN, TP]], n), scores.npy and roc.png.
+    """
+    from cmbscat.evaluate import evaluate as run
+
+    m = run(run_dir, test, out_dir, device=device, progress=progress)
+    click.echo(f"{run_dir} on {test}: accuracy {m['accuracy']:.3f} +- {m['accuracy_se']:.3f}, "
+               f"AUC {m['auc']:.3f}, n = {m['n']}", err=True)
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--device", default="auto", show_default=True,
+              help="Device for training and evaluating the networks: auto, cpu, cuda, cuda:N.")
+@_progress_option
+def pipeline(config, device, progress):
+    """Run every stage of the experiment in the JSON file CONFIG and write its results table.
+
+    pipelines/paper.json is the paper's experiment (make reproduce), pipelines/smoke.json
+    the same chain at tiny size (make smoke). Stages already done are skipped.
+    """
+    from cmbscat.pipeline import run_pipeline
+
+    table = run_pipeline(config, device=device, progress=progress)
+    click.echo(f"wrote {table}", err=True)
+
+
+@main.command()
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 def combine(out, shards):

@@ -1,0 +1,108 @@
+"""Model inputs read from the stage files (sims and scattering HDF5, DESIGN.md layouts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import healpy as hp
+import numpy as np
+from tqdm import tqdm
+
+from cmbscat.errors import CmbscatError
+from cmbscat.features import binned_power_spectrum, one_point_statistics, power_spectrum_bins
+
+
+def file_kind(path: str | Path) -> str:
+    """``"sims"`` or ``"scattering"`` for a cmbscat HDF5 file; one-line error otherwise."""
+    try:
+        with h5py.File(path, "r") as f:
+            kind = f.attrs.get("kind")
+            if kind is None and "coeffs" in f:
+                kind = "scattering"
+    except (OSError, FileNotFoundError):
+        raise CmbscatError(f"{path} is not a readable HDF5 file") from None
+    if kind not in ("sims", "scattering"):
+        raise CmbscatError(f"{path} is neither a sims file (cmbscat simulate) nor a scattering "
+                           "file (cmbscat scatter)")
+    return str(kind)
+
+
+def require_kind(path: str | Path, kind: str, purpose: str) -> None:
+    found = file_kind(path)
+    if found != kind:
+        stage = {"sims": "cmbscat simulate", "scattering": "cmbscat scatter"}[kind]
+        raise CmbscatError(f"{purpose} needs a {kind} file (from {stage}); {path} is a {found} file")
+
+
+def read_labels(path: str | Path) -> np.ndarray:
+    """Labels (int64, (N,)) of a sims or scattering file."""
+    with h5py.File(path, "r") as f:
+        return f["labels"][()].astype(np.int64)
+
+
+def scattering_inputs(path: str | Path) -> tuple[np.ndarray, dict]:
+    """Coefficients (float32, (N, C, npix_out), RING) and geometry of a scattering file."""
+    require_kind(path, "scattering", "this model")
+    with h5py.File(path, "r") as f:
+        coeffs = f["coeffs"][()].astype(np.float32)
+        meta = {"nside": int(f.attrs["nside_out"]), "channels": int(coeffs.shape[1]),
+                "paths": f["paths"][()].tolist() if "paths" in f else None,
+                "lmax": int(f.attrs["lmax"])}
+    return coeffs, meta
+
+
+def _iter_alm(f: h5py.File, lmax: int):
+    """Yield each map's a_lm (complex128) truncated to ``lmax``, from /alm or from /maps."""
+    file_lmax = int(f.attrs["lmax"])
+    if lmax > file_lmax:
+        raise CmbscatError(f"lmax {lmax} is above the file's lmax {file_lmax}")
+    n = f["labels"].shape[0]
+    for i in range(n):
+        if "alm" in f:
+            alm = f["alm"][i].astype(np.complex128)
+        else:
+            alm = hp.map2alm(f["maps"][i].astype(np.float64), lmax=file_lmax, iter=3)
+        yield hp.resize_alm(alm, file_lmax, file_lmax, lmax, lmax) if lmax < file_lmax else alm
+
+
+def lowres_maps(path: str | Path, nside: int, lmax: int, progress: bool = True) -> np.ndarray:
+    """Maps band-limited at ``lmax`` and pixelised at ``nside`` (float32, (N, 1, npix), uK).
+
+    This is the input of the paper's baseline: the raw map reduced to the resolution
+    that a conventional spherical CNN can afford (a sharp cut of the a_lm at lmax).
+    """
+    require_kind(path, "sims", "the low-resolution baseline")
+    with h5py.File(path, "r") as f:
+        n = f["labels"].shape[0]
+        out = np.empty((n, 1, hp.nside2npix(nside)), np.float32)
+        for i, alm in enumerate(tqdm(_iter_alm(f, lmax), total=n, desc="low-res maps",
+                                     disable=not progress)):
+            out[i, 0] = hp.alm2map(alm, nside, lmax=lmax)
+    return out
+
+
+def classical_features(path: str | Path, kind: str, progress: bool = True) -> np.ndarray:
+    """Per-map features of a sims file: ``"powspec"`` (log binned C_l) or ``"onepoint"``.
+
+    ``onepoint`` uses the full-resolution map (skewness, excess kurtosis): /maps if
+    stored, else the synthesis of /alm at the file's nside.
+    """
+    require_kind(path, "sims", f"the {kind} baseline")
+    with h5py.File(path, "r") as f:
+        n, lmax, nside = f["labels"].shape[0], int(f.attrs["lmax"]), int(f.attrs["nside"])
+        rows = []
+        if kind == "powspec":
+            edges = power_spectrum_bins(lmax)
+            for alm in tqdm(_iter_alm(f, lmax), total=n, desc="power spectra", disable=not progress):
+                rows.append(binned_power_spectrum(alm, lmax, edges))
+        elif kind == "onepoint":
+            for i in tqdm(range(n), desc="one-point statistics", disable=not progress):
+                if "maps" in f:
+                    sky = f["maps"][i]
+                else:
+                    sky = hp.alm2map(f["alm"][i].astype(np.complex128), nside, lmax=lmax)
+                rows.append(one_point_statistics(sky))
+        else:
+            raise ValueError(f"unknown classical feature set {kind!r}")
+    return np.asarray(rows)

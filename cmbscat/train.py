@@ -1,0 +1,318 @@
+"""The ``train`` stage: fit a classifier on a sims or scattering file into a run folder.
+
+Run folder contents:
+
+* ``config.json``       the training configuration (a re-run with another one is refused);
+* ``model.pt``          the best checkpoint (lowest validation loss) with everything
+                        ``evaluate`` needs: model kind and shape, input standardisation
+                        (from the training split only), input geometry;
+* ``last.pt``           the latest epoch's full state (model, optimiser, scheduler,
+                        history), from which an interrupted run resumes;
+* ``history.csv``, ``curves.png``   learning curves;
+* ``model.pkl``         instead of the ``.pt`` files, for the classical baselines.
+
+Model kinds: ``hybrid`` (scattering file), ``baseline`` (sims file, map cut to a low
+band limit), and the classical ``powspec`` and ``onepoint`` (sims file, logistic
+regression on the binned power spectrum or on skewness and kurtosis).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from cmbscat.errors import CmbscatError
+
+NN_MODELS = ("hybrid", "baseline")
+CLASSICAL_MODELS = ("powspec", "onepoint")
+MODELS = NN_MODELS + CLASSICAL_MODELS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (stored as ``config.json``)."""
+
+    data: str
+    model: str = "hybrid"
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.2
+    seed: int = 0
+    baseline_nside: int = 64
+    baseline_lmax: int = 127
+
+    def validate(self) -> None:
+        if self.model not in MODELS:
+            raise CmbscatError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.epochs < 1:
+            raise CmbscatError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise CmbscatError(f"--batch-size must be >= 2 (batch normalisation), got {self.batch_size}")
+        if not self.lr > 0:
+            raise CmbscatError(f"--lr must be > 0, got {self.lr}")
+        if not 0 < self.val_fraction < 1:
+            raise CmbscatError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+
+
+def split_indices(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified random split into (train, validation) indices, reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        n_val = max(1, int(round(val_fraction * idx.size)))
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    train, val = np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+    if train.size < 2:
+        raise CmbscatError("too few maps to train: need at least 2 in the training split")
+    return train, val
+
+
+def model_inputs(kind: str, path: str, meta: dict | None = None,
+                 progress: bool = True) -> tuple[np.ndarray, dict]:
+    """Inputs of model ``kind`` from the file ``path`` and their geometry.
+
+    Returns (x, meta): x is (N, C, npix) float32 for the networks or (N, F) for the
+    classical models. ``meta`` (from training) fixes the geometry when evaluating.
+    """
+    from cmbscat import datasets
+
+    if kind == "hybrid":
+        x, found = datasets.scattering_inputs(path)
+        if meta is not None:
+            for key in ("nside", "channels", "paths"):
+                if meta.get(key) != found.get(key):
+                    raise CmbscatError(f"{path} does not match the trained model: its {key} is "
+                                       f"{found.get(key)}, the model's {meta.get(key)}")
+        return x, found
+    if kind == "baseline":
+        nside, lmax = (meta["nside"], meta["lmax"]) if meta else (None, None)
+        return datasets.lowres_maps(path, nside, lmax, progress), {"nside": nside, "lmax": lmax}
+    return datasets.classical_features(path, kind, progress), {}
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    import torch
+
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_history(run_dir: Path, history: list[dict]) -> None:
+    tmp = run_dir / "history.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, run_dir / "history.csv")
+
+
+def plot_curves(run_dir: Path, history: list[dict]) -> None:
+    """Loss and accuracy against epoch, training and validation, to ``curves.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for split in ("train", "val"):
+        axes[0].plot(epochs, [h[f"{split}_loss"] for h in history], label=split)
+        axes[1].plot(epochs, [h[f"{split}_accuracy"] for h in history], label=split)
+    axes[0].set_ylabel("binary cross-entropy")
+    axes[1].set_ylabel("accuracy")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(run_dir / "curves.png", dpi=120)
+    plt.close(fig)
+
+
+def _prepare_run_dir(run_dir: Path, config: TrainConfig) -> bool:
+    """Create the folder or check it holds the same run; True if a run is already there."""
+    cfg_path = run_dir / "config.json"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CmbscatError(f"{run_dir} exists and is not a folder")
+    if cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        if old != asdict(config):
+            diffs = [f"{k} {old.get(k)!r} != {v!r}" for k, v in asdict(config).items() if old.get(k) != v]
+            raise CmbscatError(f"{run_dir} holds a run with other settings ({', '.join(diffs[:3])}); "
+                               "use another run folder")
+        return True
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cfg_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(config), indent=2))
+        os.replace(tmp, cfg_path)
+    except OSError as exc:
+        raise CmbscatError(f"cannot write run folder {run_dir}: {exc.strerror or exc}") from None
+    return False
+
+
+def train(run_dir: str | Path, config: TrainConfig, device: str = "auto",
+          progress: bool = True) -> dict:
+    """Train (or resume, or find finished) the run in ``run_dir``; return its summary."""
+    config.validate()
+    run_dir = Path(run_dir)
+    if not Path(config.data).exists():
+        raise CmbscatError(f"no such file: {config.data}")
+    from cmbscat.datasets import require_kind
+
+    # check the input before anything is written, so a refused run leaves no folder behind
+    require_kind(config.data, "scattering" if config.model == "hybrid" else "sims",
+                 f"--model {config.model}")
+    _prepare_run_dir(run_dir, config)
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
+    t0 = time.time()
+    if config.model in CLASSICAL_MODELS:
+        summary = _train_classical(run_dir, config, progress)
+    else:
+        summary = _train_network(run_dir, config, device, progress)
+    summary["wall_seconds"] = time.time() - t0  # this invocation: input loading and training
+    summary_path.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _train_classical(run_dir: Path, config: TrainConfig, progress: bool) -> dict:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from cmbscat.datasets import read_labels
+
+    x, _ = model_inputs(config.model, config.data, progress=progress)
+    labels = read_labels(config.data)
+    train_idx, val_idx = split_indices(labels, config.val_fraction, config.seed)
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    classifier.fit(x[train_idx], labels[train_idx])
+    with open(run_dir / "model.pkl.tmp", "wb") as f:
+        pickle.dump({"kind": config.model, "classifier": classifier, "meta": {}}, f)
+    os.replace(run_dir / "model.pkl.tmp", run_dir / "model.pkl")
+    return {"model": config.model, "n_train": int(train_idx.size), "n_val": int(val_idx.size),
+            "train_accuracy": float(classifier.score(x[train_idx], labels[train_idx])),
+            "val_accuracy": float(classifier.score(x[val_idx], labels[val_idx]))}
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CmbscatError("--device cuda was asked for, but PyTorch sees no CUDA device")
+    return device
+
+
+def standardisation(kind: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation (shape (1, C, 1)) of training inputs ``x`` (N, C, npix).
+
+    Per channel for scattering coefficients (channels differ by orders of magnitude);
+    one scalar for a raw map.
+    """
+    axes = (0, 2) if kind == "hybrid" else (0, 1, 2)
+    mean = x.mean(axis=axes, keepdims=True, dtype=np.float64)
+    std = x.std(axis=axes, keepdims=True, dtype=np.float64)
+    shape = (1, x.shape[1], 1)
+    return (np.broadcast_to(mean, shape).astype(np.float32),
+            np.broadcast_to(np.where(std > 0, std, 1.0), shape).astype(np.float32))
+
+
+def _train_network(run_dir: Path, config: TrainConfig, device: str, progress: bool) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from cmbscat.datasets import read_labels
+    from cmbscat.nn.models import build_model
+
+    device = resolve_device(device)
+    meta = ({"nside": config.baseline_nside, "lmax": config.baseline_lmax}
+            if config.model == "baseline" else None)
+    x, meta = model_inputs(config.model, config.data, meta, progress)
+    labels = read_labels(config.data)
+    train_idx, val_idx = split_indices(labels, config.val_fraction, config.seed)
+    mean, std = standardisation(config.model, x[train_idx])
+    x = (x - mean) / std
+    in_channels, nside = x.shape[1], meta["nside"]
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, in_channels, nside).to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs)
+    history, best_loss, start_epoch = [], float("inf"), 0
+    last_path, best_path = run_dir / "last.pt", run_dir / "model.pt"
+    if last_path.exists():
+        state = torch.load(last_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, best_loss, start_epoch = state["history"], state["best_loss"], state["epoch"]
+
+    x_t = torch.from_numpy(x)
+    y_t = torch.from_numpy(labels.astype(np.float32))
+
+    def run_epoch(indices, train: bool, generator=None):
+        model.train(train)
+        order = indices[torch.randperm(len(indices), generator=generator).numpy()] if train else indices
+        total_loss, correct = 0.0, 0
+        for lo in range(0, len(order), config.batch_size):
+            batch = order[lo:lo + config.batch_size]
+            if train and len(batch) < 2:
+                continue  # batch norm needs two samples
+            xb, yb = x_t[batch].to(device), y_t[batch].to(device)
+            with torch.set_grad_enabled(train):
+                logits = model(xb)
+                loss = F.binary_cross_entropy_with_logits(logits, yb)
+            if train:
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+            total_loss += loss.item() * len(batch)
+            correct += int(((logits > 0).float() == yb).sum())
+        return total_loss / len(order), correct / len(order)
+
+    bar = tqdm(range(start_epoch, config.epochs), desc=f"train {config.model}", unit="epoch",
+               disable=not progress, initial=start_epoch, total=config.epochs)
+    for epoch in bar:
+        t0 = time.time()
+        generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
+        train_loss, train_acc = run_epoch(train_idx, True, generator)
+        val_loss, val_acc = run_epoch(val_idx, False)
+        scheduler.step()
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
+                        "val_loss": val_loss, "val_accuracy": val_acc,
+                        "lr": optimiser.param_groups[0]["lr"], "seconds": time.time() - t0})
+        bar.set_postfix(val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}")
+        if val_loss < best_loss:
+            best_loss = val_loss
+            _atomic_torch_save({"kind": config.model, "in_channels": in_channels, "nside": nside,
+                                "meta": meta, "mean": mean, "std": std, "epoch": epoch + 1,
+                                "model": {k: v.cpu() for k, v in model.state_dict().items()}},
+                               best_path)
+        _atomic_torch_save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                            "scheduler": scheduler.state_dict(), "history": history,
+                            "best_loss": best_loss, "epoch": epoch + 1}, last_path)
+        _write_history(run_dir, history)
+    plot_curves(run_dir, history)
+    best = min(history, key=lambda h: h["val_loss"])
+    return {"model": config.model, "device": device, "n_train": int(train_idx.size),
+            "n_val": int(val_idx.size), "best_epoch": best["epoch"],
+            "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],
+            "n_parameters": sum(p.numel() for p in model.parameters()),
+            "epoch_seconds": float(sum(h["seconds"] for h in history))}

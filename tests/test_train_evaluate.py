@@ -1,0 +1,83 @@
+"""Training and evaluation: classical baselines, networks, resume, refused inputs."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cmbscat.metrics import classification_metrics
+from cmbscat.simulate import SimulationConfig, simulate
+from cmbscat.train import TrainConfig, split_indices, train
+from cmbscat.evaluate import evaluate
+
+from conftest import assert_one_line_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def sims(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sims")
+    paths = {}
+    for split, n, seed in (("train", 120, 1), ("test", 80, 2)):
+        paths[split] = root / f"{split}.h5"
+        simulate(paths[split], SimulationConfig(n, 32, 63, 2000.0, seed, store="alm"), progress=False)
+    return paths
+
+
+def test_metrics_against_hand_counts():
+    labels = np.array([0, 0, 0, 1, 1, 1, 1, 0])
+    scores = np.array([0.1, 0.6, 0.2, 0.9, 0.4, 0.8, 0.7, 0.3])
+    m = classification_metrics(labels, scores)
+    assert m["n"] == 8 and m["accuracy"] == 6 / 8
+    assert m["confusion"] == [[3, 1], [1, 3]]
+    assert np.isclose(m["accuracy_se"], np.sqrt(0.75 * 0.25 / 8))
+    # AUC = P(score of a positive > score of a negative): 15 of 16 pairs
+    assert np.isclose(m["auc"], 15 / 16)
+
+
+def test_split_is_stratified_disjoint_and_seeded():
+    labels = np.arange(100) % 2
+    tr, va = split_indices(labels, 0.2, 0)
+    assert len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == 100
+    assert labels[va].sum() == 10 and len(va) == 20
+    assert np.array_equal(va, split_indices(labels, 0.2, 0)[1])
+    assert not np.array_equal(va, split_indices(labels, 0.2, 1)[1])
+
+
+def test_power_spectrum_baseline_is_at_chance_and_one_point_is_not(sims, tmp_path):
+    results = {}
+    for model in ("powspec", "onepoint"):
+        train(tmp_path / model, TrainConfig(data=str(sims["train"]), model=model), progress=False)
+        results[model] = evaluate(tmp_path / model, sims["test"], progress=False)
+    # matched spectra: within 3 standard errors of 50 %
+    assert abs(results["powspec"]["accuracy"] - 0.5) < 3 * 0.5 / np.sqrt(80)
+    # at f_NL 2000 the skewness of one lmax-63 map separates the classes well
+    assert results["onepoint"]["accuracy"] > 0.75 and results["onepoint"]["auc"] > 0.85
+    saved = json.loads((tmp_path / "onepoint" / "metrics.json").read_text())
+    assert saved["n"] == 80 and (tmp_path / "onepoint" / "roc.png").exists()
+
+
+def test_run_folder_with_other_settings_is_refused(sims, tmp_path):
+    run_cli("train", sims["train"], tmp_path / "r", "--model", "onepoint", check=True)
+    again = run_cli("train", sims["train"], tmp_path / "r", "--model", "onepoint", check=True)
+    assert "validation accuracy" in again.stderr
+    assert_one_line_error(run_cli("train", sims["train"], tmp_path / "r", "--model", "powspec"),
+                          "other settings")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--epochs", "0"], "--epochs"),
+    (["--batch-size", "1"], "--batch-size"),
+    (["--val-fraction", "1.5"], "--val-fraction"),
+])
+def test_bad_training_options_are_refused(sims, tmp_path, args, fragment):
+    assert_one_line_error(run_cli("train", sims["train"], tmp_path / "r", "--model", "baseline", *args),
+                          fragment)
+
+
+def test_wrong_inputs_are_refused(sims, tmp_path):
+    assert_one_line_error(run_cli("train", tmp_path / "none.h5", tmp_path / "r"), "no such file")
+    # the hybrid needs a scattering file, not a sims file
+    assert_one_line_error(run_cli("train", sims["train"], tmp_path / "r2", "--model", "hybrid"),
+                          "scattering file")
+    assert not (tmp_path / "r2").exists()
+    assert_one_line_error(run_cli("evaluate", tmp_path / "nothing", sims["test"]), "not a cmbscat run")
