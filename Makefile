@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # Users with a GPU: install the CUDA build of torch first, then `make install`.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install test smoke reproduce bench clean
+.PHONY: install test smoke reproduce fnl-scan bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,13 @@ test:  ## run the test suite
 	$(BIN)/pytest -q
 
 smoke:  ## a tiny end-to-end run of every stage (minutes on 2 cores)
-	bash pipelines/smoke.sh
+	$(BIN)/cmbscat pipeline pipelines/smoke.json
 
-reproduce:  ## the paper experiment, every stage, with a results table
-	bash pipelines/paper.sh
+reproduce:  ## the paper experiment, every stage, with a results table (hours on 2 cores)
+	$(BIN)/cmbscat pipeline pipelines/paper.json
+
+fnl-scan:  ## accuracy of every method against f_NL (table + PNG)
+	$(BIN)/cmbscat pipeline --scan pipelines/fnl_scan.json
 
 bench:  ## benchmarks: measured timings side by side with their references
 	$(PY) benchmarks/simulate.py

@@ -158,16 +158,19 @@ def evaluate(run_dir, test, out_dir, device, progress):
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--device", default="auto", show_default=True,
               help="Device for training and evaluating the networks: auto, cpu, cuda, cuda:N.")
+@click.option("--scan", is_flag=True,
+              help="Run the chain once per value of the config's fnl_values and write an "
+                   "accuracy-against-f_NL table and plot (pipelines/fnl_scan.json).")
 @_progress_option
-def pipeline(config, device, progress):
+def pipeline(config, device, scan, progress):
     """Run every stage of the experiment in the JSON file CONFIG and write its results table.
 
     pipelines/paper.json is the paper's experiment (make reproduce), pipelines/smoke.json
     the same chain at tiny size (make smoke). Stages already done are skipped.
     """
-    from cmbscat.pipeline import run_pipeline
+    from cmbscat.pipeline import run_pipeline, run_scan
 
-    table = run_pipeline(config, device=device, progress=progress)
+    table = (run_scan if scan else run_pipeline)(config, device=device, progress=progress)
     click.echo(f"wrote {table}", err=True)
 
 

@@ -63,7 +63,7 @@ class _Timings:
 def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool = True) -> Path:
     """Run every stage of the experiment in ``config_path``; return the table's path."""
     from cmbscat.evaluate import evaluate
-    from cmbscat.scatter import ScatterConfig, scatter
+    from cmbscat.scatter_stage import scatter
     from cmbscat.simulate import SimulationConfig, simulate
     from cmbscat.train import TrainConfig, train
 
@@ -83,9 +83,8 @@ def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool =
         timings.run(f"simulate {split}", lambda: simulate(sims_path, config, progress=progress),
                     sims_path.exists())
         scat_path = out / f"scat_{split}.h5"
-        scat_config = ScatterConfig(**cfg["scatter"])
         timings.run(f"scatter {split}",
-                    lambda: scatter(sims_path, scat_path, scat_config, progress=progress),
+                    lambda: scatter(sims_path, scat_path, progress=progress, **cfg["scatter"]),
                     scat_path.exists())
         files[split] = {"sims": sims_path, "scattering": scat_path}
 
@@ -139,3 +138,62 @@ def results_table(cfg: dict, rows: list[tuple[str, dict]], timings: dict) -> str
     stage_times = ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items())
     lines += ["", f"Stage wall times: {stage_times}; total {total / 60:.1f} min.", ""]
     return "\n".join(lines)
+
+
+def run_scan(config_path: str | Path, device: str = "auto", progress: bool = True) -> Path:
+    """Run the experiment of ``config_path`` once per value of its ``fnl_values``.
+
+    Each value gets its own sub-folder ``<out>/fnl_<value>`` (resumable like the
+    pipeline); accuracies are collected into ``<out>/fnl_scan.md`` and ``fnl_scan.png``.
+    """
+    cfg = load_config(config_path)
+    if "fnl_values" not in cfg:
+        raise CmbscatError(f"{config_path} has no fnl_values list to scan")
+    out = Path(cfg["out"])
+    results = {}
+    for fnl in cfg["fnl_values"]:
+        sub = {**cfg, "out": str(out / f"fnl_{fnl:g}"), "table": str(out / f"fnl_{fnl:g}" / "table.md"),
+               "simulate": {**cfg["simulate"], "fnl": fnl}, "config_name": str(config_path)}
+        sub_path = out / f"fnl_{fnl:g}" / "config.json"
+        sub_path.parent.mkdir(parents=True, exist_ok=True)
+        sub_path.write_text(json.dumps(sub, indent=2))
+        click.echo(f"== f_NL {fnl:g}", err=True)
+        run_pipeline(sub_path, device, progress)
+        results[fnl] = {m: json.loads((Path(sub["out"]) / "runs" / m / "metrics.json").read_text())
+                        for m in cfg["models"]}
+    table = out / "fnl_scan.md"
+    models = list(cfg["models"])
+    lines = [f"# Accuracy against f_NL ({cfg['simulate']['n_test']} test maps, lmax "
+             f"{cfg['simulate']['lmax']})", "",
+             "| f_NL | " + " | ".join(METHOD_NAMES[m] for m in models) + " |",
+             "|---|" + "---|" * len(models)]
+    for fnl, res in results.items():
+        cells = [f"{100 * res[m]['accuracy']:.1f} ± {100 * res[m]['accuracy_se']:.1f} %" for m in models]
+        lines.append(f"| {fnl:g} | " + " | ".join(cells) + " |")
+    table.write_text("\n".join(lines) + "\n")
+    _plot_scan(out / "fnl_scan.png", results, models)
+    click.echo(table.read_text(), err=True)
+    return table
+
+
+def _plot_scan(path: Path, results: dict, models: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fnls = sorted(results)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in models:
+        acc = [100 * results[f][m]["accuracy"] for f in fnls]
+        err = [100 * results[f][m]["accuracy_se"] for f in fnls]
+        ax.errorbar(fnls, acc, yerr=err, marker="o", capsize=3, label=METHOD_NAMES[m])
+    ax.axhline(50, color="k", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("f_NL (Sachs-Wolfe toy model)")
+    ax.set_ylabel("test accuracy [%]")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
