@@ -18,6 +18,8 @@ Multiresolution (what makes L = 1024 cheap):
   there, and the result is analysed (``map2alm``) only up to the multipole still
   needed downstream: lhi of the widest wavelet j' < j (frequency-decreasing paths),
   or the scaling band l < lam^J0 at the last layer.
+* ``min_nside`` floors nside_j: the coarse scales are cheap at any grid and their
+  relative aliasing error is the largest, so they get a finer grid for free.
 * ``oversample = 1`` puts the band edge at l = 2 nside_j (the grid can represent up to
   about 3 nside_j); the modulus output is not band-limited, and what lies above the grid's
   reach aliases into the kept multipoles. ``oversample = 2`` doubles nside_j (4x the
@@ -47,6 +49,7 @@ from cmbscat.wavelets import axisym_kernels, n_scales, support
 
 DEFAULT_OVERSAMPLE = 1.0
 DEFAULT_ITER = 0
+DEFAULT_MIN_NSIDE = 256  # floor of the modulus grids (capped at the input's natural nside)
 DEFAULT_OUT_BAND = 32  # default J0: the smallest with lam^J0 >= 32 (nside_out 16 for lam = 2)
 
 
@@ -115,6 +118,10 @@ class Scattering:
     J0 : lowest wavelet scale and scaling-function scale; default :func:`default_J0`.
     lam : dilation factor lambda > 1.
     oversample : grid factor for the modulus (see module docstring); >= 1.
+    min_nside : floor on the modulus grids nside_j. Coarse scales cost almost nothing but
+        carry most of the equivariance error at a fixed oversampling, so they are
+        computed on grids of at least this nside. Default
+        min(256, smallest power of two nside with lmax <= 2 nside - 1).
     iter : healpy ``map2alm`` Jacobi iterations used after each modulus (0 = plain
         quadrature). Maps given as input are always analysed with ``input_iter``.
     input_iter : ``map2alm`` iterations for map inputs (default 3).
@@ -131,7 +138,7 @@ class Scattering:
 
     def __init__(self, lmax: int, nside: int | None = None, depth: int = 2, J0: int | None = None,
                  lam: float = 2.0, oversample: float = DEFAULT_OVERSAMPLE, iter: int = DEFAULT_ITER,
-                 input_iter: int = 3):
+                 input_iter: int = 3, min_nside: int | None = None):
         if depth not in (1, 2, 3):
             raise CmbscatError(f"--depth must be 1, 2 or 3, got {depth}")
         if not oversample >= 1.0:
@@ -144,6 +151,8 @@ class Scattering:
         self.nside = nside_for_band(self.lmax) if nside is None else int(nside)
         check_nside_lmax(self.nside, self.lmax, what="nside")
         self.oversample, self.iter, self.input_iter = float(oversample), int(iter), int(input_iter)
+        self.min_nside = (min(DEFAULT_MIN_NSIDE, nside_for_band(self.lmax)) if min_nside is None
+                          else int(min_nside))
 
         phi, psi = axisym_kernels(self.lmax, self.lam, self.J0)  # validates J0
         self.lmax_out = support(phi)[1]
@@ -160,7 +169,8 @@ class Scattering:
             lhi = self.psi[j].size - 1
             below = [self.psi[k].size - 1 for k in self.scales if k < j]
             lmax_down = max([self.lmax_out, *below])
-            self.grid[j] = (nside_for_band(lhi, self.oversample, power_of_two=False), lhi, lmax_down)
+            nside_j = max(nside_for_band(lhi, self.oversample, power_of_two=False), self.min_nside)
+            self.grid[j] = (nside_j, lhi, lmax_down)
         self.paths = frequency_decreasing_paths(self.scales, self.depth)
         self._index = {p: c for c, p in enumerate(self.paths)}
 
@@ -189,8 +199,8 @@ class Scattering:
     def to_alm(self, x: np.ndarray) -> np.ndarray:
         """a_lm (complex128, healpy order, lmax = self.lmax) of an a_lm array or a RING map.
 
-        Complex input is read as a_lm of any band-limit >= self.lmax... or <= (zero-padded);
-        real input must be a RING map with npix of self.nside and is analysed with
+        Complex input is read as a_lm of any band-limit (truncated, or zero-padded, to
+        self.lmax); real input must be a RING map with npix of self.nside and is analysed with
         ``map2alm(iter=input_iter)``.
         """
         x = np.asarray(x)
