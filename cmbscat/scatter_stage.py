@@ -127,8 +127,12 @@ def scatter(in_path: str | Path, out_path: str | Path, depth: int = 2, J0: int |
         raise CmbscatError(f"--lmax {lmax} is above the input's lmax {source.lmax} ({in_path})")
     if lmax < 1:
         raise CmbscatError(f"--lmax must be >= 1, got {lmax}")
-    if lam <= 1:
+    if not lam > 1:
         raise CmbscatError(f"--lam must be > 1, got {lam}")
+    if not oversample >= 1:
+        raise CmbscatError(f"--oversample must be >= 1, got {oversample}")
+    if iter < 0:
+        raise CmbscatError(f"--iter must be >= 0, got {iter}")
     J = n_scales(lmax, lam)
     if J0 is None:
         J0 = default_J0(lmax, lam)
@@ -142,7 +146,7 @@ def scatter(in_path: str | Path, out_path: str | Path, depth: int = 2, J0: int |
     digest = file_sha256(source.path)
     params = {"stage": "scatter", "source_name": source.path.name, "source_sha256": digest,
               "input": source.dataset, "lmax": lmax, "lam": float(lam), "J0": J0, "depth": depth,
-              "oversample": float(oversample), "map2alm_iter": iter,
+              "oversample": float(oversample), "min_nside": sc.min_nside, "map2alm_iter": iter,
               "input_map2alm_iter": INPUT_MAP2ALM_ITER, "n_maps": n,
               "shard": str(shard) if shard else None}
     writer = ItemWriter(out_path, params, start, stop)
@@ -161,7 +165,7 @@ def scatter(in_path: str | Path, out_path: str | Path, depth: int = 2, J0: int |
     attrs = {
         "kind": "scattering", "lmax": lmax, "lam": float(lam), "J0": J0, "depth": depth,
         "nside_out": sc.nside_out, "lmax_out": sc.lmax_out, "n_channels": sc.n_channels,
-        "oversample": float(oversample), "map2alm_iter": iter,
+        "oversample": float(oversample), "min_nside": sc.min_nside, "map2alm_iter": iter,
         "input_map2alm_iter": INPUT_MAP2ALM_ITER, "input": source.dataset,
         "source": f"{source.path.name} sha256:{digest}", "source_nside": source.nside,
         "n_maps": n, "ordering": "RING", "unit": "uK (unit of the input map)",
