@@ -47,9 +47,10 @@ def main():
     axes = np.atleast_1d(axes)
     print(f"lmax {lmax}, lam {sc.lam:g}, J0 {sc.J0}; modulus on nside {nside_fine}, "
           f"analysed to l = {lmax_fine} (iter=3)")
-    print("| j | band | energy of |f*Psi_j| at l <= lam^(j-1), monopole excluded | same, incl. monopole "
-          "| at l < lam^J0 (kept by S[j]), incl. monopole | share of f*Psi_j energy below lam^(j-1) |")
-    print("|---:|---|---:|---:|---:|---:|")
+    print("| j | band of f*Psi_j | energy of f*Psi_j in band | |f*Psi_j|: monopole share | "
+          "|f*Psi_j|, l >= 1: below band (l <= lam^(j-1)) | in band | above band (l >= lam^(j+1)) | "
+          "|f*Psi_j|: share at l < lam^J0 (kept by S[j]) |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for ax, j in zip(axes, args.scales):
         band = sc.band(alm, lmax, j)
         lhi = sc.grid[j][1]
@@ -60,26 +61,35 @@ def main():
         energy = lambda cl, sel: float(np.sum(((2 * ell + 1) * cl)[sel]))  # noqa: E731
         lo = ell <= sc.lam ** (j - 1)
         frac_ex = energy(cl_mod, lo & (ell > 0)) / energy(cl_mod, ell > 0)
-        frac_in = energy(cl_mod, lo) / energy(cl_mod, ell >= 0)
-        frac_out = energy(cl_mod, ell < sc.lam ** sc.J0) / energy(cl_mod, ell >= 0)
-        frac_band = energy(cl_band, lo) / energy(cl_band, ell >= 0)
-        print(f"| {j} | {sc.lam ** (j - 1):g} < l < {sc.lam ** (j + 1):g} | {frac_ex:.3f} | {frac_in:.3f} "
-              f"| {frac_out:.3f} | {frac_band:.1e} |")
-        d = ell * (ell + 1) / (2 * np.pi)
-        ax.loglog(ell[1:], (d * cl_band)[1:], label=r"$f\star\Psi_j$", lw=1.2)
-        ax.loglog(ell[1:], (d * cl_mod)[1:], label=r"$|f\star\Psi_j|$", lw=1.2)
+        hi = ell >= sc.lam ** (j + 1)
+        total, total1 = energy(cl_mod, ell >= 0), energy(cl_mod, ell > 0)
+        frac_mono = energy(cl_mod, ell == 0) / total
+        frac_hi = energy(cl_mod, hi) / total1
+        frac_out = energy(cl_mod, ell < sc.lam ** sc.J0) / total
+        band_in = energy(cl_band, ~lo & ~hi) / energy(cl_band, ell >= 0)
+        print(f"| {j} | {sc.lam ** (j - 1):g} < l < {sc.lam ** (j + 1):g} | {band_in:.3f} | {frac_mono:.3f} "
+              f"| {frac_ex:.3f} | {1 - frac_ex - frac_hi:.3f} | {frac_hi:.4f} | {frac_out:.3f} |")
+        d = (2 * ell + 1) / (4 * np.pi)  # energy (variance, uK^2) carried by each multipole
+        x = ell + 1
+        ax.loglog(x, d * cl_band, label=r"$f\star\Psi_j$", lw=1.2)
+        ax.loglog(x, d * cl_mod, label=r"$|f\star\Psi_j|$", lw=1.2)
+        ax.plot([1], [d[0] * cl_mod[0]], "o", color="C1", ms=5)
         for edge in (sc.lam ** (j - 1), sc.lam ** (j + 1)):
-            ax.axvline(edge, color="0.6", ls=":", lw=1)
-        ax.axvspan(1, sc.lam ** sc.J0, color="C2", alpha=0.08, label=rf"$\ell<\lambda^{{J_0}}$ (kept by $S$)")
-        ax.set_title(rf"$j={j}$: band ${sc.lam ** (j - 1):g}<\ell<{sc.lam ** (j + 1):g}$; "
-                     rf"modulus: {100 * frac_ex:.0f}% of energy ($\ell\geq1$) at $\ell\leq{sc.lam ** (j - 1):g}$",
-                     fontsize=9)
-        ax.set_xlabel(r"$\ell$")
-        ax.set_xlim(1, lmax_fine)
-    positive = [line.get_ydata()[line.get_ydata() > 0] for a in axes for line in a.get_lines()]
+            ax.axvline(edge + 1, color="0.6", ls=":", lw=1)
+        ax.axvspan(1, sc.lam ** sc.J0 + 1, color="C2", alpha=0.08,
+                   label=rf"$\ell<\lambda^{{J_0}}$ (kept by $S$)")
+        ax.set_title(rf"$j={j}$, band ${sc.lam ** (j - 1):g}<\ell<{sc.lam ** (j + 1):g}$: modulus puts "
+                     f"{100 * frac_mono:.0f}% of its energy in $\\ell=0$ (dot),\n"
+                     rf"{100 * frac_out:.0f}% at $\ell<{sc.lam ** sc.J0:g}$; "
+                     rf"of the $\ell\geq1$ part, {100 * frac_ex:.0f}% below the band, "
+                     rf"{100 * frac_hi:.0f}% above", fontsize=9)
+        ax.set_xlabel(r"$\ell + 1$")
+        ax.set_xlim(1, lmax_fine + 1)
+    positive = [y[y > 0] for a in axes for y in (np.asarray(ln.get_ydata(), float) for ln in a.get_lines())
+                if y.size > 2]
     top = max(p.max() for p in positive)
-    axes[0].set_ylim(top * 1e-8, top * 3)
-    axes[0].set_ylabel(r"$\ell(\ell+1)C_\ell/2\pi$  [$\mu$K$^2$]")
+    axes[0].set_ylim(top * 1e-9, top * 3)
+    axes[0].set_ylabel(r"$(2\ell+1)\,C_\ell/4\pi$  [$\mu$K$^2$ per multipole]")
     axes[0].legend(fontsize=8, loc="lower left")
     fig.suptitle(f"Gaussian CMB sky, lmax {lmax}: the modulus moves wavelet energy to low $\\ell$", fontsize=10)
     fig.tight_layout()
