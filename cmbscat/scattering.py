@@ -13,13 +13,14 @@ Multiresolution (what makes L = 1024 cheap):
 
 * Band of wavelet j: l <= lhi_j (last nonzero multipole of its kernel, < lam^(j+1)).
   The band is synthesised on the HEALPix RING grid ``nside_j`` =
-  ceil(oversample * (lhi_j + 1) / 2) (any integer: healpy's RING transforms accept
-  nside that are not powers of two), the modulus is taken pixel by pixel
+  max(ceil(oversample * (lhi_j + 1) / 2), min_nside) (any integer: healpy's RING
+  transforms accept nside that are not powers of two), the modulus is taken pixel by pixel
   there, and the result is analysed (``map2alm``) only up to the multipole still
   needed downstream: lhi of the widest wavelet j' < j (frequency-decreasing paths),
   or the scaling band l < lam^J0 at the last layer.
-* ``min_nside`` floors nside_j: the coarse scales are cheap at any grid and their
-  relative aliasing error is the largest, so they get a finer grid for free.
+* ``min_nside`` floors nside_j: the coarse scales are cheap on any grid and their
+  relative aliasing error is the largest, so they get a finer grid almost for free
+  (default min(256, the input's natural nside); at lmax 1023 no grid exceeds nside 512).
 * ``oversample = 1`` puts the band edge at l = 2 nside_j (the grid can represent up to
   about 3 nside_j); the modulus output is not band-limited, and what lies above the grid's
   reach aliases into the kept multipoles. ``oversample = 2`` doubles nside_j (4x the
