@@ -10,10 +10,11 @@ Measured in this run (nothing hard-coded):
   full resolution (nside 512, lmax 1023), timed interleaved with it (median of
   per-repeat ratios: both see the same machine load);
 * the extra cost when the input is a map (map2alm iter=3 first);
-* peak memory: ru_maxrss of a fresh child process that imports cmbscat, draws one
-  sky and scatters it (resource.getrusage, whole-process resident peak, so it
-  includes Python, numpy and healpy themselves), next to the same child without
-  the scatter;
+* peak memory: peak resident set (VmHWM of /proc/self/status; ru_maxrss where that
+  is missing -- on Linux ru_maxrss would include the parent's pre-exec image) of a
+  fresh child process that imports cmbscat, draws one sky and scatters it, so it
+  includes Python, numpy and healpy themselves; next to the same child without the
+  scatter;
 * cached size per map: /coeffs float32 (C, npix_out) against the float32 map and
   the complex64 a_lm; with --stage-maps N > 0 also the real HDF5 file written by
   `cmbscat scatter` from a `cmbscat simulate` file of N maps (bytes / map, s / map).
@@ -43,7 +44,24 @@ def child_memory(lmax: int, nside: int, depth: int, J0: int, do_scatter: bool) -
     sc = Scattering(lmax, nside=nside, depth=depth, J0=J0)
     if do_scatter:
         sc(alm)
-    print(json.dumps({"maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"maxrss_mib": peak_rss_mib()}))
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process in MiB.
+
+    VmHWM from /proc/self/status (Linux): unlike getrusage's ru_maxrss it is not
+    inherited from the parent's pre-exec image when started by fork + exec.
+    Falls back to resource.getrusage(RUSAGE_SELF).ru_maxrss elsewhere.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_child(args, do_scatter: bool) -> float:
@@ -125,7 +143,7 @@ def main():
     print()
     base = run_child(args, False)
     peak = run_child(args, True)
-    print(f"Peak memory (ru_maxrss of a fresh process, J0 {args.J0[0]}): {peak:.0f} MiB with one scatter; "
+    print(f"Peak memory (peak RSS, VmHWM, of a fresh process, J0 {args.J0[0]}): {peak:.0f} MiB with one scatter; "
           f"{base:.0f} MiB for the same process without it (imports + one a_lm).\n")
     if args.stage_maps > 0:
         print(f"`cmbscat scatter` end to end on a sims file of {args.stage_maps} maps "
