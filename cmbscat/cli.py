@@ -110,11 +110,14 @@ def simulate(out, n_maps, nside, lmax, fnl, seed, ng_model, store, shard, progre
               help="Modulus grid factor: wavelet j's band (l <= lhi_j) is rectified on a RING grid "
                    "with 2*nside_j >= oversample*(lhi_j+1). Higher: smaller aliasing "
                    "(equivariance error), more time. [default: 1.0]")
+@click.option("--min-nside", type=int, default=None,
+              help="Floor on the modulus grids' nside (coarse scales are cheap and alias most). "
+                   "[default: min(256, smallest power of two with lmax <= 2*nside-1)]")
 @click.option("--iter", "map2alm_iter", type=int, default=None,
               help="healpy map2alm iterations after each modulus. [default: 0]")
 @_shard_option
 @_progress_option
-def scatter(source, out, depth, J0, lam, lmax, oversample, map2alm_iter, shard, progress):
+def scatter(source, out, depth, J0, lam, lmax, oversample, min_nside, map2alm_iter, shard, progress):
     """Scattering coefficients of every map in IN (a sims file or a HEALPix FITS map) into OUT.
 
     OUT holds /coeffs float32 (N, C, npix_out) in RING order at nside_out (raw S[p], unit
@@ -128,7 +131,7 @@ def scatter(source, out, depth, J0, lam, lmax, oversample, map2alm_iter, shard, 
 
     n_new = run(source, out, depth=depth, J0=J0, lam=lam, lmax=lmax,
                 oversample=DEFAULT_OVERSAMPLE if oversample is None else oversample,
-                iter=DEFAULT_ITER if map2alm_iter is None else map2alm_iter,
+                iter=DEFAULT_ITER if map2alm_iter is None else map2alm_iter, min_nside=min_nside,
                 shard=Shard.parse(shard) if shard else None, progress=progress)
     click.echo(f"wrote {out} ({n_new} maps computed now)" if n_new else f"{out} is already complete",
                err=True)

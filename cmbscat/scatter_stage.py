@@ -108,7 +108,8 @@ def open_source(path: str | Path) -> Source:
 
 def scatter(in_path: str | Path, out_path: str | Path, depth: int = 2, J0: int | None = None,
             lam: float = 2.0, lmax: int | None = None, oversample: float = DEFAULT_OVERSAMPLE,
-            iter: int = DEFAULT_ITER, shard: Shard | None = None, progress: bool = True) -> int:
+            iter: int = DEFAULT_ITER, min_nside: int | None = None, shard: Shard | None = None,
+            progress: bool = True) -> int:
     """Write (or resume, or find complete) the scattering file ``out_path`` of ``in_path``.
 
     lmax : band-limit of the transform; default the source's (sims: its ``lmax``
@@ -133,13 +134,16 @@ def scatter(in_path: str | Path, out_path: str | Path, depth: int = 2, J0: int |
         raise CmbscatError(f"--oversample must be >= 1, got {oversample}")
     if iter < 0:
         raise CmbscatError(f"--iter must be >= 0, got {iter}")
+    if min_nside is not None and min_nside < 0:
+        raise CmbscatError(f"--min-nside must be >= 0, got {min_nside}")
     J = n_scales(lmax, lam)
     if J0 is None:
         J0 = default_J0(lmax, lam)
     if not 0 <= J0 <= J:
         raise CmbscatError(f"--J0 must be in 0..{J} for lmax {lmax} and lam {lam:g}, got {J0}")
     sc = Scattering(lmax, nside=source.nside, depth=depth, J0=J0, lam=lam,
-                    oversample=oversample, iter=iter, input_iter=INPUT_MAP2ALM_ITER)
+                    oversample=oversample, iter=iter, input_iter=INPUT_MAP2ALM_ITER,
+                    min_nside=min_nside)
 
     n = source.n_maps
     start, stop = shard.bounds(n) if shard else (0, n)

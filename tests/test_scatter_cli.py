@@ -162,6 +162,8 @@ def test_bad_inputs_one_line(sims, reference, tmp_path):
         ((sims, "o8.h5", "--depth", "0"), "--depth must be 1, 2 or 3"),
         ((sims, "o9.h5", "--lam", "1"), "--lam must be > 1"),
         ((sims, "o10.h5", "--shard", "3/2"), "--shard"),
+        ((sims, "o11.h5", "--oversample", "0.5"), "--oversample must be >= 1"),
+        ((sims, "o12.h5", "--min-nside", "-1"), "--min-nside must be >= 0"),
     ]
     for args, message in cases:
         args = [a if not str(a).startswith("o") else tmp_path / a for a in args]
