@@ -47,9 +47,10 @@ def main():
     axes = np.atleast_1d(axes)
     print(f"lmax {lmax}, lam {sc.lam:g}, J0 {sc.J0}; modulus on nside {nside_fine}, "
           f"analysed to l = {lmax_fine} (iter=3)")
-    print("| j | band of f*Psi_j | energy of f*Psi_j in band | |f*Psi_j|: monopole share | "
-          "|f*Psi_j|, l >= 1: below band (l <= lam^(j-1)) | in band | above band (l >= lam^(j+1)) | "
-          "|f*Psi_j|: share at l < lam^J0 (kept by S[j]) |")
+    print("Energy shares (sum of (2l+1) C_l); U_j = abs(f * Psi_j).\n")
+    print("| j | band of f * Psi_j | f * Psi_j: share in band | U_j: share in l = 0 | "
+          "U_j, l >= 1 part: below band (l <= lam^(j-1)) | in band | above band (l >= lam^(j+1)) | "
+          "U_j: share at l < lam^J0 (kept by S[j]) |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for ax, j in zip(axes, args.scales):
         band = sc.band(alm, lmax, j)
@@ -68,7 +69,7 @@ def main():
         frac_out = energy(cl_mod, ell < sc.lam ** sc.J0) / total
         band_in = energy(cl_band, ~lo & ~hi) / energy(cl_band, ell >= 0)
         print(f"| {j} | {sc.lam ** (j - 1):g} < l < {sc.lam ** (j + 1):g} | {band_in:.3f} | {frac_mono:.3f} "
-              f"| {frac_ex:.3f} | {1 - frac_ex - frac_hi:.3f} | {frac_hi:.4f} | {frac_out:.3f} |")
+              f"| {frac_ex:.3f} | {1 - frac_ex - frac_hi:.3f} | {frac_hi:.3f} | {frac_out:.3f} |")
         d = (2 * ell + 1) / (4 * np.pi)  # energy (variance, uK^2) carried by each multipole
         x = ell + 1
         ax.loglog(x, d * cl_band, label=r"$f\star\Psi_j$", lw=1.2)
