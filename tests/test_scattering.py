@@ -188,3 +188,20 @@ def test_bad_arguments():
         Scattering(LMAX, J0=8)
     with pytest.raises(CmbscatError, match="oversample"):
         Scattering(LMAX, oversample=0.5)
+
+
+@pytest.mark.parametrize("lam,J0", [(1.5, 7), (3.0, 2)])
+def test_non_dyadic_lambda(lam, J0):
+    lmax = 95
+    alm = gaussian_alm(planck2018_cl(lmax), np.random.default_rng(1))
+    sc = Scattering(lmax, depth=2, lam=lam, J0=J0)
+    assert sc.lmax_out == int(np.ceil(lam ** J0)) - 1
+    assert 2 * sc.nside_out >= lam ** J0 > sc.nside_out
+    for j, (nside_j, lhi, lmax_down) in sc.grid.items():
+        assert lhi < lam ** (j + 1) and 2 * nside_j >= lhi + 1
+        assert sc.lmax_out <= lmax_down <= lhi
+    assert all(len(p) <= 2 and (len(p) < 2 or p[0] > p[1]) for p in sc.paths)
+    s = sc.forward_alm(alm)
+    angles = (0.3, 1.1, 2.0)
+    rot_s = np.stack([rotate_alm(c, sc.lmax_out, *angles) for c in s])
+    assert rel_err(sc.forward_alm(rotate_alm(alm, lmax, *angles)), rot_s, alm_weights(sc.lmax_out)) < 2e-2
