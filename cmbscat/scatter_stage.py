@@ -62,8 +62,12 @@ class Source:
 
 
 def _is_fits(path: Path) -> bool:
+    """FITS by its first card, or a gzipped file named *.fits.gz / *.fit.gz (healpy reads both)."""
     with open(path, "rb") as f:
-        return f.read(9) == b"SIMPLE  ="
+        head = f.read(9)
+    if head == b"SIMPLE  =":
+        return True
+    return head[:2] == b"\x1f\x8b" and path.name.lower().endswith((".fits.gz", ".fit.gz"))
 
 
 def open_source(path: str | Path) -> Source:

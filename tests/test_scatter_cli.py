@@ -136,6 +136,11 @@ def test_maps_only_sims_and_fits_input(tmp_path, sims, reference):
         assert a["coeffs"].shape == (1,) + first.shape
         assert a["labels"][()].tolist() == [-1] and a["seeds"][()].tolist() == [-1]
         assert np.linalg.norm(a["coeffs"][0] - first) < 1e-3 * np.linalg.norm(first)
+    gz = tmp_path / "sky.fits.gz"
+    hp.write_map(str(gz), one_map, dtype=np.float32)
+    assert run("scatter", gz, tmp_path / "gz.h5", *ARGS, "--lmax", LMAX).exit_code == 0
+    with h5py.File(out2, "r") as a, h5py.File(tmp_path / "gz.h5", "r") as b:
+        assert np.array_equal(a["coeffs"][()], b["coeffs"][()])
     r = run("scatter", fits, tmp_path / "x.h5", *ARGS, "--lmax", 3 * NSIDE)
     assert r.exit_code != 0 and "above the input's lmax 47" in r.output
 
