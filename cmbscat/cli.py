@@ -93,6 +93,51 @@ def simulate(out, n_maps, nside, lmax, fnl, seed, ng_model, store, shard, progre
 
 
 @main.command()
+@click.argument("source", metavar="IN", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--depth", type=int, default=2,
+              help="Scattering depth: longest path (1, 2 or 3). Channels: S[()] plus every "
+                   "frequency-decreasing path j1 > j2 > ... of length <= depth.")
+@click.option("--J0", "J0", type=int, default=None,
+              help="Lowest wavelet scale; coefficients are band-limited at l < lam^J0 and stored "
+                   "at the smallest power-of-two nside_out with 2*nside_out >= lam^J0. "
+                   "[default: smallest J0 with lam^J0 >= 32, i.e. 5 for lam 2: nside_out 16]")
+@click.option("--lam", type=float, default=2.0, help="Wavelet dilation factor lambda > 1.")
+@click.option("--lmax", type=int, default=None,
+              help="Band limit of the transform [default: the input's lmax; 3*nside-1 for a "
+                   "FITS map]; higher values are refused.")
+@click.option("--oversample", type=float, default=None,
+              help="Modulus grid factor: wavelet j's band (l <= lhi_j) is rectified on a RING grid "
+                   "with 2*nside_j >= oversample*(lhi_j+1). Higher: smaller aliasing "
+                   "(equivariance error), more time. [default: 1.0]")
+@click.option("--min-nside", type=int, default=None,
+              help="Floor on the modulus grids' nside (coarse scales are cheap and alias most). "
+                   "[default: min(256, smallest power of two with lmax <= 2*nside-1)]")
+@click.option("--iter", "map2alm_iter", type=int, default=None,
+              help="healpy map2alm iterations after each modulus. [default: 0]")
+@_shard_option
+@_progress_option
+def scatter(source, out, depth, J0, lam, lmax, oversample, min_nside, map2alm_iter, shard, progress):
+    """Scattering coefficients of every map in IN (a sims file or a HEALPix FITS map) into OUT.
+
+    OUT holds /coeffs float32 (N, C, npix_out) in RING order at nside_out (raw S[p], unit
+    of the input, uK), /labels, /seeds, /paths (C, depth; -1 padded) and provenance
+    attributes. Uses /alm when IN has it, else /maps. Maps are processed one at a time;
+    re-running the same command resumes an interrupted run.
+    """
+    from cmbscat.scatter_stage import scatter as run
+    from cmbscat.scattering import DEFAULT_ITER, DEFAULT_OVERSAMPLE
+    from cmbscat.store import Shard
+
+    n_new = run(source, out, depth=depth, J0=J0, lam=lam, lmax=lmax,
+                oversample=DEFAULT_OVERSAMPLE if oversample is None else oversample,
+                iter=DEFAULT_ITER if map2alm_iter is None else map2alm_iter, min_nside=min_nside,
+                shard=Shard.parse(shard) if shard else None, progress=progress)
+    click.echo(f"wrote {out} ({n_new} maps computed now)" if n_new else f"{out} is already complete",
+               err=True)
+
+
+@main.command()
 @click.argument("data", type=click.Path(dir_okay=False))
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--model", type=click.Choice(["hybrid", "baseline", "powspec", "onepoint"]),
