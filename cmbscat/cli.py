@@ -16,7 +16,10 @@ from cmbscat.errors import CmbscatError
 
 
 class _Group(click.Group):
-    """Turns stray OSErrors (unwritable paths, full disks) into one-line errors."""
+    """Lists commands in pipeline order; turns stray OSErrors (unwritable paths) into one-line errors."""
+
+    def list_commands(self, ctx):
+        return list(self.commands)
 
     def invoke(self, ctx):
         try:

@@ -4,6 +4,9 @@ import sys
 
 import pytest
 
+# Set before any test module imports healpy: the suite's many small transforms run
+# faster on one OpenMP thread than on two contending ones, and subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 

@@ -1,12 +1,5 @@
 """Scattering transform: channels, paths, resolutions, equivariance, stability, input forms."""
 
-import os
-
-# Small healpy transforms with several OpenMP threads crawl on a loaded machine (barrier
-# spinning); one thread keeps these tests fast. Effective only if set before healpy first
-# runs in this process; a tests/conftest.py is the better place for it.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 from math import comb
 
 import healpy as hp
