@@ -11,6 +11,9 @@ the run that did the work, not of a re-run that skipped it).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -60,6 +63,58 @@ class _Timings:
         return result
 
 
+def _cli_flags(options: dict) -> list[str]:
+    """``{"n_maps": 4, "J0": 5}`` -> ``["--n-maps", "4", "--J0", "5"]`` (None values dropped)."""
+    flags = []
+    for key, value in options.items():
+        if value is not None:
+            flags += [f"--{key.replace('_', '-')}", str(value)]
+    return flags
+
+
+def run_sharded(stage: str, args: list[str], out_path: Path, n_items: int, workers: int,
+                progress: bool = True) -> None:
+    """Run ``cmbscat STAGE ARGS`` as ``workers`` parallel shard processes, then combine them.
+
+    Each shard process uses one OpenMP thread (healpy's transforms scale better across
+    processes than across threads on few cores) and is itself resumable; the shards are
+    joined into ``out_path`` with HDF5 virtual datasets (:func:`cmbscat.store.combine_shards`).
+    """
+    from tqdm import tqdm
+
+    from cmbscat.store import combine_shards
+
+    shard_dir = out_path.parent / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    shard_paths = [shard_dir / f"{out_path.stem}.{k}of{workers}.h5" for k in range(workers)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # click accepts the output path after the options: "cmbscat scatter IN --depth 2 OUT"
+    procs = [subprocess.Popen([sys.executable, "-m", "cmbscat", stage, *args, str(path),
+                               "--shard", f"{k}/{workers}", "--no-progress"],
+                              env=env, stderr=subprocess.PIPE, text=True)
+             for k, path in enumerate(shard_paths)]
+
+    def n_done():
+        done = 0
+        for path in shard_paths:
+            partial = path.with_name(path.name + ".partial")
+            done += len(list(partial.glob("item*.npz"))) if partial.exists() else 0
+        return done
+
+    with tqdm(total=n_items, desc=stage, unit="map", disable=not progress) as bar:
+        while any(p.poll() is None for p in procs):
+            time.sleep(1.0)
+            finished = sum(1 for path in shard_paths if path.exists())
+            bar.n = max(bar.n, n_done() if finished < workers else n_items)
+            bar.refresh()
+    for proc in procs:
+        err = proc.stderr.read()
+        if proc.returncode != 0:
+            last = err.strip().splitlines()[-1] if err.strip() else f"exit status {proc.returncode}"
+            raise CmbscatError(f"a {stage} shard failed: {last}")
+    combine_shards(out_path, shard_paths)
+
+
 def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool = True) -> Path:
     """Run every stage of the experiment in ``config_path``; return the table's path."""
     from cmbscat.evaluate import evaluate
@@ -73,6 +128,7 @@ def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool =
     out.mkdir(parents=True, exist_ok=True)
     timings = _Timings(out / "timings.json")
     sim = cfg["simulate"]
+    workers = int(cfg.get("workers", 1))
 
     files = {}
     for split in ("train", "test"):
@@ -80,12 +136,23 @@ def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool =
         config = SimulationConfig(n_maps=sim[f"n_{split}"], nside=sim["nside"], lmax=sim["lmax"],
                                   fnl=sim["fnl"], seed=sim[f"seed_{split}"],
                                   store=sim.get("store", "alm"))
-        timings.run(f"simulate {split}", lambda: simulate(sims_path, config, progress=progress),
-                    sims_path.exists())
         scat_path = out / f"scat_{split}.h5"
-        timings.run(f"scatter {split}",
-                    lambda: scatter(sims_path, scat_path, progress=progress, **cfg["scatter"]),
-                    scat_path.exists())
+        if workers > 1:
+            sim_flags = _cli_flags({"n_maps": config.n_maps, "nside": config.nside, "lmax": config.lmax,
+                                    "fnl": config.fnl, "seed": config.seed, "store": config.store})
+            timings.run(f"simulate {split}",
+                        lambda: run_sharded("simulate", sim_flags, sims_path, config.n_maps, workers,
+                                            progress), sims_path.exists())
+            timings.run(f"scatter {split}",
+                        lambda: run_sharded("scatter", [str(sims_path)] + _cli_flags(cfg["scatter"]),
+                                            scat_path, config.n_maps, workers, progress),
+                        scat_path.exists())
+        else:
+            timings.run(f"simulate {split}", lambda: simulate(sims_path, config, progress=progress),
+                        sims_path.exists())
+            timings.run(f"scatter {split}",
+                        lambda: scatter(sims_path, scat_path, progress=progress, **cfg["scatter"]),
+                        scat_path.exists())
         files[split] = {"sims": sims_path, "scattering": scat_path}
 
     rows = []
@@ -106,6 +173,10 @@ def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool =
     table.write_text(results_table(cfg, rows, timings.data))
     click.echo(table.read_text(), err=True)
     return table
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def results_table(cfg: dict, rows: list[tuple[str, dict]], timings: dict) -> str:
@@ -132,11 +203,11 @@ def results_table(cfg: dict, rows: list[tuple[str, dict]], timings: dict) -> str
             resolution = f"map at lmax {sim['lmax']}, nside {sim['nside']}"
         wall = timings.get(f"train {model}", 0) + timings.get(f"evaluate {model}", 0)
         lines.append(f"| {METHOD_NAMES[model]} | {resolution} | {100 * m['accuracy']:.1f} ± "
-                     f"{100 * m['accuracy_se']:.1f} % | {m['auc']:.3f} | {wall / 60:.1f} min | "
+                     f"{100 * m['accuracy_se']:.1f} % | {m['auc']:.3f} | {_duration(wall)} | "
                      f"{PAPER_RESULTS.get(model, '—')} |")
     total = sum(timings.values())
-    stage_times = ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items())
-    lines += ["", f"Stage wall times: {stage_times}; total {total / 60:.1f} min.", ""]
+    stage_times = ", ".join(f"{k} {_duration(v)}" for k, v in timings.items())
+    lines += ["", f"Stage wall times: {stage_times}; total {_duration(total)}.", ""]
     return "\n".join(lines)
 
 
