@@ -30,6 +30,7 @@ fnl-scan:  ## accuracy of every method against f_NL (table + PNG)
 
 bench:  ## benchmarks: measured timings side by side with their references
 	$(PY) benchmarks/simulate.py
+	$(PY) benchmarks/scatter.py
 
 clean:
 	rm -rf results runs .pytest_cache
