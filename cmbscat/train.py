@@ -263,6 +263,7 @@ def _train_network(run_dir: Path, config: TrainConfig, device: str, progress: bo
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])
         history, best_loss, start_epoch = state["history"], state["best_loss"], state["epoch"]
+        torch.set_rng_state(state["torch_rng"])  # dropout masks continue as if uninterrupted
 
     x_t = torch.from_numpy(x)
     y_t = torch.from_numpy(labels.astype(np.float32))
@@ -307,7 +308,8 @@ def _train_network(run_dir: Path, config: TrainConfig, device: str, progress: bo
                                best_path)
         _atomic_torch_save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
                             "scheduler": scheduler.state_dict(), "history": history,
-                            "best_loss": best_loss, "epoch": epoch + 1}, last_path)
+                            "best_loss": best_loss, "epoch": epoch + 1,
+                            "torch_rng": torch.get_rng_state()}, last_path)
         _write_history(run_dir, history)
     plot_curves(run_dir, history)
     best = min(history, key=lambda h: h["val_loss"])

@@ -81,3 +81,37 @@ def test_wrong_inputs_are_refused(sims, tmp_path):
                           "scattering file")
     assert not (tmp_path / "r2").exists()
     assert_one_line_error(run_cli("evaluate", tmp_path / "nothing", sims["test"]), "not a cmbscat run")
+
+
+def test_network_training_resumes_where_it_stopped(sims, tmp_path, monkeypatch):
+    """Interrupt after epoch 1 of 3; the re-run continues and ends where an uninterrupted run does."""
+    import torch
+
+    import cmbscat.train as train_module
+
+    config = TrainConfig(data=str(sims["train"]), model="baseline", epochs=3, batch_size=8,
+                         baseline_nside=8, baseline_lmax=15)
+    train(tmp_path / "whole", config, device="cpu", progress=False)
+
+    original = train_module._write_history
+
+    def write_then_interrupt(run_dir, history):
+        original(run_dir, history)
+        raise KeyboardInterrupt  # as Ctrl-C right after epoch 1 was saved
+
+    monkeypatch.setattr(train_module, "_write_history", write_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "resumed", config, device="cpu", progress=False)
+    assert not (tmp_path / "resumed" / "summary.json").exists()
+    monkeypatch.setattr(train_module, "_write_history", original)
+    summary = train(tmp_path / "resumed", config, device="cpu", progress=False)
+
+    history = (tmp_path / "resumed" / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 3 and (tmp_path / "resumed" / "curves.png").exists()
+    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)["model"]
+    resumed = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["model"]
+    assert all(torch.allclose(whole[k].float(), resumed[k].float(), atol=1e-6) for k in whole)
+    assert summary["n_train"] + summary["n_val"] == 120
+
+    scores = evaluate(tmp_path / "resumed", sims["test"], progress=False)
+    assert scores["n"] == 80 and 0 <= scores["accuracy"] <= 1
