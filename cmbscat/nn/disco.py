@@ -1,0 +1,425 @@
+"""DISCO (discrete-continuous) convolutions on HEALPix, forward and transposed.
+
+Definition (Ocampo, Price & McEwen 2023; ``shared/DESIGN.md``)::
+
+    (f * psi)(p) = sum_i psi(theta_pi, beta_pi) f[i] q,     q = 4 pi / npix_in
+
+for each output pixel centre ``p``: the filter ``psi`` is continuous, supported
+on a cap of radius ``theta_cutoff`` (radians) and evaluated at the geodesic
+distance ``theta_pi`` and bearing ``beta_pi`` (0 = local north, pi/2 = local
+east; see :mod:`cmbscat.nn.sphere_geometry`) of each input pixel centre ``i``.
+The filter is a learned combination ``psi = sum_k w_k psi_k`` of a fixed basis
+(:class:`HatFilterBasis`). The basis values at every (output, input) pair,
+times the quadrature weight, form a sparse matrix ``Psi`` of shape
+``(n_basis * npix_out, npix_in)``, row ``k * npix_out + p``; it is built once per
+geometry (vectorised, cached in memory and optionally on disk), stored as a
+CSR buffer, and the layer is ``y = channel_mix(Psi @ x)``: time and memory
+linear in npix.
+
+Tensors are ``(batch, channels, npix)`` in HEALPix RING ordering.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import healpy as hp
+import numpy as np
+import scipy.sparse
+import torch
+from torch import nn
+
+from cmbscat.errors import CmbscatError
+from cmbscat.nn.sphere_geometry import check_nside, neighbours_within, pixel_size
+
+#: Default cap radius, in units of the pixel size of the coarser of the two grids.
+DEFAULT_CUTOFF_PIXELS = 2.0
+NORMALIZATIONS = ("nodal", "none")
+_CACHE_FORMAT_VERSION = 1
+
+
+# --------------------------------------------------------------------------- basis
+
+
+class HatFilterBasis:
+    """Piecewise-linear ("hat") filter basis on a cap of radius ``theta_cutoff``.
+
+    ``kernel_shape = n`` (int): isotropic, ``n`` hats in geodesic distance with
+    nodes ``r_j = j * h``, ``h = theta_cutoff / n``, ``j = 0 .. n-1``, each of
+    half-width ``h`` (the last one vanishes at ``theta_cutoff``). Together they
+    span every continuous piecewise-linear radial profile with knots at the
+    nodes that vanishes at the cap's edge.
+
+    ``kernel_shape = (n_r, n_phi)``: directional. The centre hat (``j = 0``) is
+    isotropic (a bearing is undefined at distance 0); each other radial hat is
+    multiplied by ``n_phi`` periodic hats in the bearing with nodes
+    ``2 pi m / n_phi`` (``m = 0`` points north). ``n_basis = 1 + (n_r - 1) n_phi``,
+    index ``k = 1 + (j - 1) n_phi + m``.
+
+    Every basis function is divided by its analytic integral over the sphere,
+    so ``integral psi_k dOmega = 1``: each basis response is a local weighted
+    mean of the input, which keeps activations of order one.
+    """
+
+    def __init__(self, kernel_shape, theta_cutoff: float):
+        if isinstance(kernel_shape, (int, np.integer)):
+            n_r, n_phi = int(kernel_shape), 1
+            self.isotropic = True
+        else:
+            shape = tuple(int(s) for s in kernel_shape)
+            if len(shape) == 1:
+                shape = (shape[0], 1)
+            if len(shape) != 2:
+                raise CmbscatError(f"kernel_shape must be an int or a pair (n_r, n_phi), got {kernel_shape!r}")
+            n_r, n_phi = shape
+            self.isotropic = n_phi == 1
+        if n_r < 1 or n_phi < 1:
+            raise CmbscatError(f"kernel_shape entries must be >= 1, got {kernel_shape!r}")
+        if not self.isotropic and n_phi < 2:
+            raise CmbscatError("a directional kernel needs n_phi >= 2")
+        if not 0.0 < theta_cutoff < math.pi:
+            raise CmbscatError(f"theta_cutoff must be in (0, pi) radians, got {theta_cutoff}")
+        self.n_r, self.n_phi = n_r, n_phi
+        self.theta_cutoff = float(theta_cutoff)
+        self.h = self.theta_cutoff / n_r
+        self.kernel_shape = n_r if self.isotropic else (n_r, n_phi)
+        self._radial_integral = self._radial_integrals()
+
+    @property
+    def n_basis(self) -> int:
+        return self.n_r if self.isotropic else 1 + (self.n_r - 1) * self.n_phi
+
+    def _radial_integrals(self) -> np.ndarray:
+        """``int_0^pi hat_j(theta) sin(theta) dtheta`` for each radial hat j (Gauss-Legendre, exact to rounding)."""
+        x, w = np.polynomial.legendre.leggauss(32)
+        out = np.zeros(self.n_r)
+        for j in range(self.n_r):
+            for lo, hi in ((max(0.0, (j - 1) * self.h), j * self.h), (j * self.h, (j + 1) * self.h)):
+                if hi <= lo:
+                    continue
+                t = 0.5 * (hi - lo) * x + 0.5 * (hi + lo)
+                out[j] += 0.5 * (hi - lo) * np.sum(w * self._hat(t, j) * np.sin(t))
+        return out
+
+    def _hat(self, theta: np.ndarray, j: int) -> np.ndarray:
+        return np.clip(1.0 - np.abs(theta / self.h - j), 0.0, None) * (theta < self.theta_cutoff)
+
+    def integrals_unnormalised(self) -> np.ndarray:
+        """Analytic ``int psi_k dOmega`` (steradians) of the raw hats, ``(n_basis,)``."""
+        if self.isotropic:
+            return 2.0 * np.pi * self._radial_integral
+        out = [2.0 * np.pi * self._radial_integral[0]]
+        for j in range(1, self.n_r):
+            out += [self._radial_integral[j] * 2.0 * np.pi / self.n_phi] * self.n_phi
+        return np.asarray(out)
+
+    def sparse_values(self, theta: np.ndarray, bearing: np.ndarray):
+        """Non-zero basis values at points ``(theta, bearing)`` (radians, 1-D arrays).
+
+        Returns ``(k, point, value)``: basis index, index into the input arrays,
+        and ``psi_k`` (normalised to unit integral) at that point. Each point
+        with ``theta < theta_cutoff`` gives at most 2 (isotropic) or 4
+        (directional) entries.
+        """
+        theta = np.asarray(theta, dtype=np.float64)
+        bearing = np.asarray(bearing, dtype=np.float64)
+        point = np.arange(theta.size)
+        inside = theta < self.theta_cutoff
+        u = theta / self.h
+        j0 = np.floor(u).astype(np.int64)
+        frac = u - j0
+        radial = [(j0, 1.0 - frac), (j0 + 1, frac)]  # (radial hat index, value)
+        ks, ps, vs = [], [], []
+        for j, v in radial:
+            ok = inside & (j < self.n_r) & (v > 0.0)
+            if self.isotropic:
+                ks.append(j[ok]); ps.append(point[ok]); vs.append(v[ok])
+                continue
+            centre = ok & (j == 0)
+            ks.append(np.zeros(np.count_nonzero(centre), np.int64)); ps.append(point[centre]); vs.append(v[centre])
+            ring = ok & (j > 0)
+            b = np.mod(bearing[ring], 2.0 * np.pi) / (2.0 * np.pi / self.n_phi)
+            m0 = np.floor(b).astype(np.int64)
+            fb = b - m0
+            for m, wb in ((m0 % self.n_phi, 1.0 - fb), ((m0 + 1) % self.n_phi, fb)):
+                good = wb > 0.0
+                ks.append((1 + (j[ring] - 1) * self.n_phi + m)[good])
+                ps.append(point[ring][good])
+                vs.append((v[ring] * wb)[good])
+        k = np.concatenate(ks)
+        p = np.concatenate(ps)
+        val = np.concatenate(vs) / self.integrals_unnormalised()[k]
+        return k, p, val
+
+    def dense_values(self, theta: np.ndarray, bearing: np.ndarray | None = None) -> np.ndarray:
+        """Normalised basis values ``(n_basis, n)`` at points (for checks and plots)."""
+        theta = np.asarray(theta, dtype=np.float64).ravel()
+        bearing = np.zeros_like(theta) if bearing is None else np.asarray(bearing, dtype=np.float64).ravel()
+        k, p, v = self.sparse_values(theta, bearing)
+        out = np.zeros((self.n_basis, theta.size))
+        np.add.at(out, (k, p), v)
+        return out
+
+    def __repr__(self) -> str:
+        return f"HatFilterBasis(kernel_shape={self.kernel_shape}, theta_cutoff={self.theta_cutoff:.6g})"
+
+
+# ------------------------------------------------------------- sparse tensor build
+
+
+@dataclass(frozen=True)
+class DiscoGeometry:
+    """Key of a precomputed DISCO tensor (hashable, used for caching)."""
+
+    nside_in: int
+    nside_out: int
+    kernel_shape: int | tuple[int, int]
+    theta_cutoff: float
+    normalization: str = "nodal"
+
+    def file_name(self) -> str:
+        tag = repr((self.nside_in, self.nside_out, self.kernel_shape, float(self.theta_cutoff).hex(),
+                    self.normalization, _CACHE_FORMAT_VERSION))
+        digest = hashlib.sha1(tag.encode()).hexdigest()[:16]
+        return f"disco_{self.nside_in}_{self.nside_out}_{digest}.npz"
+
+
+def default_theta_cutoff(nside_in: int, nside_out: int, pixels: float = DEFAULT_CUTOFF_PIXELS) -> float:
+    """Default cap radius (radians): ``pixels`` times the pixel size of the coarser grid."""
+    return pixels * pixel_size(min(nside_in, nside_out))
+
+
+def build_disco_matrix(geometry: DiscoGeometry) -> scipy.sparse.csr_matrix:
+    """Sparse DISCO matrix ``Psi``, float64 CSR ``(n_basis * npix_out, npix_in)``.
+
+    Row ``k * npix_out + p`` (RING pixel ``p`` at ``nside_out``, basis ``k``)
+    holds ``psi_k(theta_pi, beta_pi) * q`` over the input pixels ``i`` within
+    ``theta_cutoff`` of ``p``, with ``q = 4 pi / npix_in`` and ``psi_k`` of unit
+    analytic integral. ``normalization="nodal"`` then rescales each row so that
+    its sum is exactly 1, the analytic integral of ``psi_k``: the discrete
+    quadrature of the irregular HEALPix neighbourhood is made exact for
+    constant inputs, pixel by pixel (rows whose basis function covers no input
+    pixel stay zero). ``"none"`` keeps the plain equal-area quadrature.
+
+    Vectorised over pixels; time and memory linear in ``npix_out``.
+    """
+    g = geometry
+    basis = HatFilterBasis(g.kernel_shape, g.theta_cutoff)
+    npix_in, npix_out = hp.nside2npix(g.nside_in), hp.nside2npix(g.nside_out)
+    q = 4.0 * math.pi / npix_in
+    rows, cols, vals = [], [], []
+    for out_pix, in_pix, theta, bearing in neighbours_within(g.nside_in, g.nside_out, g.theta_cutoff):
+        k, pair, v = basis.sparse_values(theta, bearing)
+        rows.append(k * npix_out + out_pix[pair])
+        cols.append(in_pix[pair])
+        vals.append(v * q)
+    rows, cols, vals = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+    shape = (basis.n_basis * npix_out, npix_in)
+    if g.normalization == "nodal":
+        row_sum = np.bincount(rows, weights=vals, minlength=shape[0])
+        scale = np.divide(1.0, row_sum, out=np.zeros_like(row_sum), where=row_sum > 0)
+        vals = vals * scale[rows]
+    elif g.normalization != "none":
+        raise CmbscatError(f"normalization must be one of {NORMALIZATIONS}, got {g.normalization!r}")
+    matrix = scipy.sparse.csr_matrix((vals, (rows, cols)), shape=shape)
+    matrix.sort_indices()
+    return matrix
+
+
+def _disk_cache_dir(cache_dir) -> Path | None:
+    if cache_dir is None:
+        cache_dir = os.environ.get("CMBSCAT_DISCO_CACHE") or None
+    return None if cache_dir is None else Path(cache_dir)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_matrix(geometry: DiscoGeometry, cache_dir: Path | None) -> scipy.sparse.csr_matrix:
+    if cache_dir is not None:
+        path = cache_dir / geometry.file_name()
+        if path.exists():
+            with np.load(path) as f:
+                return scipy.sparse.csr_matrix((f["data"], f["indices"], f["indptr"]), shape=tuple(f["shape"]))
+    matrix = build_disco_matrix(geometry)
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+        np.savez(tmp, data=matrix.data, indices=matrix.indices, indptr=matrix.indptr, shape=np.array(matrix.shape))
+        os.replace(tmp, path)
+    return matrix
+
+
+def disco_matrix(geometry: DiscoGeometry, cache_dir=None) -> scipy.sparse.csr_matrix:
+    """The DISCO matrix of ``geometry`` (see :func:`build_disco_matrix`), cached.
+
+    In memory across layers (LRU of 32 geometries) and, if ``cache_dir`` or the
+    environment variable ``CMBSCAT_DISCO_CACHE`` names a directory, on disk as
+    ``.npz`` (written to a temporary name, then renamed). Treat as read-only.
+    """
+    return _cached_matrix(geometry, _disk_cache_dir(cache_dir))
+
+
+def _to_torch_csr(matrix: scipy.sparse.csr_matrix, dtype: torch.dtype) -> torch.Tensor:
+    return torch.sparse_csr_tensor(
+        torch.from_numpy(matrix.indptr.astype(np.int64)),
+        torch.from_numpy(matrix.indices.astype(np.int64)),
+        torch.from_numpy(matrix.data).to(dtype),
+        size=matrix.shape,
+        check_invariants=False,
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _torch_pair(geometry: DiscoGeometry, cache_dir: Path | None, dtype: torch.dtype):
+    """``(Psi, Psi^T)`` as torch CSR tensors, shared by every layer of the same geometry."""
+    matrix = _cached_matrix(geometry, cache_dir)
+    transposed = matrix.T.tocsr()
+    transposed.sort_indices()
+    return _to_torch_csr(matrix, dtype), _to_torch_csr(transposed, dtype)
+
+
+# ------------------------------------------------------------------ sparse matmul
+
+
+class _SparseMatmul(torch.autograd.Function):
+    """``matrix @ dense`` with ``matrix`` a constant CSR tensor and ``matrix_t`` its transpose.
+
+    The backward pass is ``matrix_t @ grad`` through the same function, so it is
+    itself differentiable (double backward) and costs one CSR product.
+    """
+
+    @staticmethod
+    def forward(ctx, dense, matrix, matrix_t):
+        ctx.matrix, ctx.matrix_t = matrix, matrix_t
+        return torch.sparse.mm(matrix, dense.contiguous())
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad_dense = None
+        if ctx.needs_input_grad[0]:
+            grad_dense = _SparseMatmul.apply(grad, ctx.matrix_t, ctx.matrix)
+        return grad_dense, None, None
+
+
+# ------------------------------------------------------------------------- layers
+
+
+class _DiscoBase(nn.Module):
+    def __init__(self, in_channels, out_channels, nside_fine, nside_coarse, kernel_shape, theta_cutoff,
+                 bias, normalization, cache_dir, transposed):
+        super().__init__()
+        check_nside(nside_fine, "nside (finer grid)")
+        check_nside(nside_coarse, "nside (coarser grid)")
+        if nside_coarse > nside_fine:
+            raise CmbscatError("DiscoConvS2 maps to the same or a coarser nside, DiscoConvTransposeS2 "
+                               f"to the same or a finer one; got fine {nside_fine}, coarse {nside_coarse}")
+        if in_channels < 1 or out_channels < 1:
+            raise CmbscatError(f"channels must be >= 1, got {in_channels} -> {out_channels}")
+        if theta_cutoff is None:
+            theta_cutoff = default_theta_cutoff(nside_fine, nside_coarse)
+        self.basis = HatFilterBasis(kernel_shape, float(theta_cutoff))
+        self.geometry = DiscoGeometry(int(nside_fine), int(nside_coarse), self.basis.kernel_shape,
+                                      float(theta_cutoff), normalization)
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_shape = self.basis.kernel_shape
+        self.theta_cutoff = float(theta_cutoff)
+        self.n_basis = self.basis.n_basis
+        self.npix_fine = hp.nside2npix(nside_fine)
+        self.npix_coarse = hp.nside2npix(nside_coarse)
+        psi, psi_t = _torch_pair(self.geometry, _disk_cache_dir(cache_dir), torch.get_default_dtype())
+        # Not persistent: rebuilt (or read from the cache) from the geometry, never stored in checkpoints.
+        self.register_buffer("psi", psi, persistent=False)
+        self.register_buffer("psi_t", psi_t, persistent=False)
+        # Same weight layout for both layers, as torch's Conv/ConvTranspose: the
+        # transposed layer with this very weight is the adjoint of the forward one.
+        w_shape = (in_channels, out_channels, self.n_basis) if transposed else (out_channels, in_channels, self.n_basis)
+        fan_in = (out_channels if transposed else in_channels) * self.n_basis
+        self.weight = nn.Parameter(torch.randn(w_shape) * math.sqrt(1.0 / fan_in))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    def _check_input(self, x: torch.Tensor, npix: int) -> None:
+        if x.dim() != 3 or x.shape[1] != self.in_channels or x.shape[2] != npix:
+            raise CmbscatError(f"{type(self).__name__} expects (batch, {self.in_channels}, {npix}), "
+                               f"got {tuple(x.shape)}")
+
+    def _add_bias(self, y: torch.Tensor) -> torch.Tensor:
+        return y if self.bias is None else y + self.bias[None, :, None]
+
+    def extra_repr(self) -> str:
+        g = self.geometry
+        return (f"{self.in_channels}, {self.out_channels}, nside_in={self.nside_in}, nside_out={self.nside_out}, "
+                f"kernel_shape={self.kernel_shape}, theta_cutoff={self.theta_cutoff:.4g} rad, "
+                f"n_basis={self.n_basis}, normalization={g.normalization!r}, bias={self.bias is not None}")
+
+
+class DiscoConvS2(_DiscoBase):
+    """DISCO convolution on HEALPix: ``(B, in_channels, npix(nside_in)) -> (B, out_channels, npix(nside_out))``.
+
+    ``y[b, o, p] = sum_{c, k} weight[o, c, k] sum_i Psi[k * npix_out + p, i] x[b, c, i] + bias[o]``
+
+    Parameters
+    ----------
+    nside_in, nside_out : powers of two, ``nside_out <= nside_in`` (down-sampling when smaller).
+    kernel_shape : int (isotropic, n radial hats) or ``(n_r, n_phi)`` (directional); see
+        :class:`HatFilterBasis`.
+    theta_cutoff : cap radius in radians; default ``DEFAULT_CUTOFF_PIXELS`` times the pixel
+        size ``sqrt(4 pi / npix)`` of ``nside_out`` (the coarser grid).
+    normalization : ``"nodal"`` (default) or ``"none"``; see :func:`build_disco_matrix`.
+    cache_dir : optional directory for the on-disk cache of the sparse tensor
+        (default: ``$CMBSCAT_DISCO_CACHE`` if set).
+
+    The sparse tensor is a buffer in the default dtype at construction; ``.to()``,
+    ``.double()``, ``.cuda()`` move it with the module.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, nside_in: int, nside_out: int, kernel_shape,
+                 theta_cutoff: float | None = None, bias: bool = True, normalization: str = "nodal",
+                 cache_dir=None):
+        super().__init__(in_channels, out_channels, nside_in, nside_out, kernel_shape, theta_cutoff, bias,
+                         normalization, cache_dir, transposed=False)
+        self.nside_in, self.nside_out = nside_in, nside_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x, self.npix_fine)
+        batch = x.shape[0]
+        columns = x.permute(2, 0, 1).reshape(self.npix_fine, batch * self.in_channels)
+        per_basis = _SparseMatmul.apply(columns, self.psi, self.psi_t)
+        per_basis = per_basis.reshape(self.n_basis, self.npix_coarse, batch, self.in_channels)
+        return self._add_bias(torch.einsum("kpbc,ock->bop", per_basis, self.weight))
+
+
+class DiscoConvTransposeS2(_DiscoBase):
+    """Transposed DISCO convolution (up-sampling): ``(B, in_channels, npix(nside_in)) -> (B, out_channels, npix(nside_out))``.
+
+    ``nside_out >= nside_in``. It applies the transpose of the sparse tensor of
+    ``DiscoConvS2(out_channels, in_channels, nside_out, nside_in, ...)``, scaled by
+    ``npix_out / npix_in``, i.e. the quadrature weight of its own input grid,
+    ``4 pi / npix_in``, in place of ``4 pi / npix_out``:
+
+    ``y[b, o, q] = (npix_out / npix_in) sum_{c, k} weight[c, o, k] sum_p Psi[k * npix_in + p, q] x[b, c, p] + bias[o]``
+
+    With ``weight`` shaped ``(in_channels, out_channels, n_basis)`` like the weight of
+    that forward layer, this layer is exactly its adjoint for the sphere's inner
+    product ``<f, g> = (4 pi / npix) sum f g`` on each grid (and for the plain
+    Euclidean one when ``nside_in == nside_out``).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, nside_in: int, nside_out: int, kernel_shape,
+                 theta_cutoff: float | None = None, bias: bool = True, normalization: str = "nodal",
+                 cache_dir=None):
+        super().__init__(in_channels, out_channels, nside_out, nside_in, kernel_shape, theta_cutoff, bias,
+                         normalization, cache_dir, transposed=True)
+        self.nside_in, self.nside_out = nside_in, nside_out
+        self.quadrature_ratio = self.npix_fine / self.npix_coarse
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x, self.npix_coarse)
+        batch = x.shape[0]
+        mixed = torch.einsum("bcp,cok->kpbo", x, self.weight)
+        mixed = mixed.reshape(self.n_basis * self.npix_coarse, batch * self.out_channels)
+        columns = _SparseMatmul.apply(mixed, self.psi_t, self.psi) * self.quadrature_ratio
+        return self._add_bias(columns.reshape(self.npix_fine, batch, self.out_channels).permute(1, 2, 0))
