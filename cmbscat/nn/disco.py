@@ -38,8 +38,10 @@ from cmbscat.errors import CmbscatError
 from cmbscat.nn.sphere_geometry import check_nside, neighbours_within, pixel_size
 
 #: Default cap radius, in units of the pixel size of the coarser of the two grids.
-DEFAULT_CUTOFF_PIXELS = 2.0
-NORMALIZATIONS = ("nodal", "none")
+DEFAULT_CUTOFF_PIXELS = 2.5
+NORMALIZATIONS = ("nodal", "none", "moment1", "moment2")
+#: Moment-corrected rows whose weights sum in absolute value to more than this fall back to "nodal".
+MAX_L1 = 1.2
 _CACHE_FORMAT_VERSION = 1
 
 
@@ -118,6 +120,28 @@ class HatFilterBasis:
             out += [self._radial_integral[j] * 2.0 * np.pi / self.n_phi] * self.n_phi
         return np.asarray(out)
 
+    def analytic_moments(self, degree: int, n_theta: int = 64, n_bearing: int = 1440) -> np.ndarray:
+        """``int psi_k m_j dOmega`` for the monomials ``m_j`` of :func:`_monomials`, ``(n_basis, J)``.
+
+        Tensor quadrature: Gauss-Legendre on each linear piece in theta, a uniform
+        (spectrally accurate for the periodic, piecewise-linear bearing hats up to
+        ~1e-7) rule in bearing.
+        """
+        x, w = np.polynomial.legendre.leggauss(n_theta)
+        thetas, weights = [], []
+        for j in range(self.n_r):
+            lo, hi = j * self.h, (j + 1) * self.h
+            thetas.append(0.5 * (hi - lo) * x + 0.5 * (hi + lo))
+            weights.append(0.5 * (hi - lo) * w)
+        theta = np.concatenate(thetas)
+        w_theta = np.concatenate(weights) * np.sin(theta)
+        bearing = (np.arange(n_bearing) + 0.5) * 2 * np.pi / n_bearing - np.pi
+        tt, bb = np.meshgrid(theta, bearing, indexing="ij")
+        w2 = np.repeat(w_theta * (2 * np.pi / n_bearing), n_bearing)
+        values = self.dense_values(tt.ravel(), bb.ravel())  # (n_basis, n)
+        mono = _monomials(tt.ravel(), bb.ravel(), degree)  # (n, J)
+        return values @ (mono * w2[:, None])
+
     def sparse_values(self, theta: np.ndarray, bearing: np.ndarray):
         """Non-zero basis values at points ``(theta, bearing)`` (radians, 1-D arrays).
 
@@ -180,7 +204,7 @@ class DiscoGeometry:
     nside_out: int
     kernel_shape: int | tuple[int, int]
     theta_cutoff: float
-    normalization: str = "nodal"
+    normalization: str = "moment2"
 
     def file_name(self) -> str:
         tag = repr((self.nside_in, self.nside_out, self.kernel_shape, float(self.theta_cutoff).hex(),
@@ -198,37 +222,101 @@ def build_disco_matrix(geometry: DiscoGeometry) -> scipy.sparse.csr_matrix:
     """Sparse DISCO matrix ``Psi``, float64 CSR ``(n_basis * npix_out, npix_in)``.
 
     Row ``k * npix_out + p`` (RING pixel ``p`` at ``nside_out``, basis ``k``)
-    holds ``psi_k(theta_pi, beta_pi) * q`` over the input pixels ``i`` within
-    ``theta_cutoff`` of ``p``, with ``q = 4 pi / npix_in`` and ``psi_k`` of unit
-    analytic integral. ``normalization="nodal"`` then rescales each row so that
-    its sum is exactly 1, the analytic integral of ``psi_k``: the discrete
-    quadrature of the irregular HEALPix neighbourhood is made exact for
-    constant inputs, pixel by pixel (rows whose basis function covers no input
-    pixel stay zero). ``"none"`` keeps the plain equal-area quadrature.
+    holds the quadrature weights of ``psi_k`` over the input pixels ``i`` within
+    ``theta_cutoff`` of ``p``. With ``normalization``:
 
-    Vectorised over pixels; time and memory linear in ``npix_out``.
+    - ``"none"``: ``psi_k(theta_pi, beta_pi) * q``, ``q = 4 pi / npix_in``, ``psi_k`` of unit
+      analytic integral: the plain equal-area quadrature of the definition.
+    - ``"nodal"``: the same, each row rescaled so that it sums to exactly 1, the
+      analytic integral of ``psi_k``: the quadrature over the irregular HEALPix
+      neighbourhood is made exact for constant inputs, pixel by pixel.
+    - ``"moment1"`` / ``"moment2"`` (moment-corrected quadrature, as in reproducing-
+      kernel particle methods): ``psi_k q (a . m(x_i, y_i))`` with ``m`` the monomials of
+      degree <= 1 (resp. 2) in the azimuthal-equidistant coordinates
+      ``(x, y) = theta (cos beta, sin beta)`` around ``p``, and ``a`` solved per row so
+      that the row integrates every such monomial exactly (its analytic moment
+      of ``psi_k``). The discrete filter then reproduces the continuous one on
+      locally linear (quadratic) inputs, whatever the local pixel layout.
+      Rows with too few pixels for the moments, or whose corrected weights would
+      sum in absolute value to more than ``MAX_L1`` (strong negative weights
+      amplify pixel-scale noise), fall back to ``"nodal"``.
+
+    Rows whose basis function covers no input pixel stay zero. Vectorised over
+    pixels in chunks; time and memory linear in ``npix_out``.
     """
     g = geometry
+    if g.normalization not in NORMALIZATIONS:
+        raise CmbscatError(f"normalization must be one of {NORMALIZATIONS}, got {g.normalization!r}")
     basis = HatFilterBasis(g.kernel_shape, g.theta_cutoff)
+    degree = {"none": -1, "nodal": 0, "moment1": 1, "moment2": 2}[g.normalization]
+    moments = basis.analytic_moments(degree) if degree > 0 else None
     npix_in, npix_out = hp.nside2npix(g.nside_in), hp.nside2npix(g.nside_out)
     q = 4.0 * math.pi / npix_in
     rows, cols, vals = [], [], []
     for out_pix, in_pix, theta, bearing in neighbours_within(g.nside_in, g.nside_out, g.theta_cutoff):
         k, pair, v = basis.sparse_values(theta, bearing)
+        start = out_pix[0]
+        n_local = out_pix[-1] - start + 1
+        local_row = k * n_local + (out_pix[pair] - start)
+        v = v * q
+        if degree == 0:
+            v = _nodal(local_row, v, basis.n_basis * n_local)
+        elif degree > 0:
+            v = _moment_corrected(local_row, v, k, theta[pair], bearing[pair], moments, degree,
+                                  basis.n_basis * n_local)
         rows.append(k * npix_out + out_pix[pair])
         cols.append(in_pix[pair])
-        vals.append(v * q)
+        vals.append(v)
     rows, cols, vals = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
     shape = (basis.n_basis * npix_out, npix_in)
-    if g.normalization == "nodal":
-        row_sum = np.bincount(rows, weights=vals, minlength=shape[0])
-        scale = np.divide(1.0, row_sum, out=np.zeros_like(row_sum), where=row_sum > 0)
-        vals = vals * scale[rows]
-    elif g.normalization != "none":
-        raise CmbscatError(f"normalization must be one of {NORMALIZATIONS}, got {g.normalization!r}")
     matrix = scipy.sparse.csr_matrix((vals, (rows, cols)), shape=shape)
     matrix.sort_indices()
     return matrix
+
+
+def _nodal(row: np.ndarray, val: np.ndarray, n_rows: int) -> np.ndarray:
+    """Rescale ``val`` so that each row sums to 1 (rows summing to 0 unchanged)."""
+    row_sum = np.bincount(row, weights=val, minlength=n_rows)
+    scale = np.divide(1.0, row_sum, out=np.zeros_like(row_sum), where=row_sum > 0)
+    return val * scale[row]
+
+
+def _monomials(theta: np.ndarray, bearing: np.ndarray, degree: int) -> np.ndarray:
+    """Monomials of degree <= ``degree`` in ``(x, y) = theta (cos beta, sin beta)``, ``(n, J)``."""
+    x, y = theta * np.cos(bearing), theta * np.sin(bearing)
+    cols = [np.ones_like(x), x, y]
+    if degree >= 2:
+        cols += [x * x, x * y, y * y]
+    return np.stack(cols, axis=1)
+
+
+def _moment_corrected(row, val, k, theta, bearing, moments, degree, n_rows, rcond=1e-8, max_l1=MAX_L1):
+    """Moment-corrected weights ``val * (a_row . m_i)`` (see :func:`build_disco_matrix`)."""
+    m = _monomials(theta, bearing, degree)
+    n_mono = m.shape[1]
+    gram = np.zeros((n_rows, n_mono, n_mono))
+    for a in range(n_mono):
+        for b in range(a, n_mono):
+            gram[:, a, b] = gram[:, b, a] = np.bincount(row, weights=val * m[:, a] * m[:, b], minlength=n_rows)
+    target = np.zeros((n_rows, n_mono))
+    row_basis = np.zeros(n_rows, dtype=np.int64)
+    row_basis[row] = k
+    target[:] = moments[row_basis]
+    # Scale-free conditioning test on the Gram matrix normalised by its diagonal.
+    diag = np.sqrt(np.clip(np.einsum("rjj->rj", gram), 1e-300, None))
+    unit = gram / diag[:, :, None] / diag[:, None, :]
+    eig_min = np.linalg.eigvalsh(unit)[:, 0]
+    good = eig_min > rcond ** 0.5
+    coef = np.zeros((n_rows, n_mono))
+    coef[good] = np.linalg.solve(gram[good], target[good][..., None])[..., 0]
+    corrected = val * np.einsum("ij,ij->i", coef[row], m)
+    # Guard: a correction that needs large negative weights (total variation > max_l1
+    # times the integral) amplifies pixel noise more than it removes quadrature bias.
+    l1 = np.bincount(row, weights=np.abs(corrected), minlength=n_rows)
+    good &= l1 <= max_l1
+    fallback = ~good[row]
+    corrected[fallback] = _nodal(row, val, n_rows)[fallback]
+    return corrected
 
 
 def _disk_cache_dir(cache_dir) -> Path | None:
@@ -263,23 +351,19 @@ def disco_matrix(geometry: DiscoGeometry, cache_dir=None) -> scipy.sparse.csr_ma
     return _cached_matrix(geometry, _disk_cache_dir(cache_dir))
 
 
-def _to_torch_csr(matrix: scipy.sparse.csr_matrix, dtype: torch.dtype) -> torch.Tensor:
-    return torch.sparse_csr_tensor(
-        torch.from_numpy(matrix.indptr.astype(np.int64)),
-        torch.from_numpy(matrix.indices.astype(np.int64)),
-        torch.from_numpy(matrix.data).to(dtype),
-        size=matrix.shape,
-        check_invariants=False,
-    )
+def _csr_components(matrix: scipy.sparse.csr_matrix, dtype: torch.dtype):
+    return (torch.from_numpy(matrix.indptr.astype(np.int64)),
+            torch.from_numpy(matrix.indices.astype(np.int64)),
+            torch.from_numpy(matrix.data).to(dtype))
 
 
 @functools.lru_cache(maxsize=32)
-def _torch_pair(geometry: DiscoGeometry, cache_dir: Path | None, dtype: torch.dtype):
-    """``(Psi, Psi^T)`` as torch CSR tensors, shared by every layer of the same geometry."""
+def _torch_components(geometry: DiscoGeometry, cache_dir: Path | None, dtype: torch.dtype):
+    """CSR components ``(crow, col, val)`` of ``Psi`` and of ``Psi^T``, shared by layers of the same geometry."""
     matrix = _cached_matrix(geometry, cache_dir)
     transposed = matrix.T.tocsr()
     transposed.sort_indices()
-    return _to_torch_csr(matrix, dtype), _to_torch_csr(transposed, dtype)
+    return _csr_components(matrix, dtype), _csr_components(transposed, dtype)
 
 
 # ------------------------------------------------------------------ sparse matmul
@@ -330,10 +414,15 @@ class _DiscoBase(nn.Module):
         self.n_basis = self.basis.n_basis
         self.npix_fine = hp.nside2npix(nside_fine)
         self.npix_coarse = hp.nside2npix(nside_coarse)
-        psi, psi_t = _torch_pair(self.geometry, _disk_cache_dir(cache_dir), torch.get_default_dtype())
+        psi, psi_t = _torch_components(self.geometry, _disk_cache_dir(cache_dir), torch.get_default_dtype())
+        # Psi (n_basis * npix_coarse, npix_fine) and Psi^T as CSR components in plain buffers, so that
+        # .to(), .double(), deepcopy work as for any tensor; the CSR views are made in forward (no copy).
         # Not persistent: rebuilt (or read from the cache) from the geometry, never stored in checkpoints.
-        self.register_buffer("psi", psi, persistent=False)
-        self.register_buffer("psi_t", psi_t, persistent=False)
+        for name, (crow, col, val) in (("psi", psi), ("psi_t", psi_t)):
+            self.register_buffer(f"{name}_crow", crow, persistent=False)
+            self.register_buffer(f"{name}_col", col, persistent=False)
+            self.register_buffer(f"{name}_val", val, persistent=False)
+        self._shape = (self.n_basis * self.npix_coarse, self.npix_fine)
         # Same weight layout for both layers, as torch's Conv/ConvTranspose: the
         # transposed layer with this very weight is the adjoint of the forward one.
         w_shape = (in_channels, out_channels, self.n_basis) if transposed else (out_channels, in_channels, self.n_basis)
@@ -345,6 +434,14 @@ class _DiscoBase(nn.Module):
         if x.dim() != 3 or x.shape[1] != self.in_channels or x.shape[2] != npix:
             raise CmbscatError(f"{type(self).__name__} expects (batch, {self.in_channels}, {npix}), "
                                f"got {tuple(x.shape)}")
+
+    def sparse_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Psi, Psi^T)`` as torch sparse CSR tensors on the module's device and dtype (views, no copy)."""
+        psi = torch.sparse_csr_tensor(self.psi_crow, self.psi_col, self.psi_val, size=self._shape,
+                                      check_invariants=False)
+        psi_t = torch.sparse_csr_tensor(self.psi_t_crow, self.psi_t_col, self.psi_t_val, size=self._shape[::-1],
+                                        check_invariants=False)
+        return psi, psi_t
 
     def _add_bias(self, y: torch.Tensor) -> torch.Tensor:
         return y if self.bias is None else y + self.bias[None, :, None]
@@ -368,7 +465,8 @@ class DiscoConvS2(_DiscoBase):
         :class:`HatFilterBasis`.
     theta_cutoff : cap radius in radians; default ``DEFAULT_CUTOFF_PIXELS`` times the pixel
         size ``sqrt(4 pi / npix)`` of ``nside_out`` (the coarser grid).
-    normalization : ``"nodal"`` (default) or ``"none"``; see :func:`build_disco_matrix`.
+    normalization : ``"moment2"`` (default), ``"moment1"``, ``"nodal"`` or ``"none"``: the
+        quadrature of the basis over each pixel's neighbourhood; see :func:`build_disco_matrix`.
     cache_dir : optional directory for the on-disk cache of the sparse tensor
         (default: ``$CMBSCAT_DISCO_CACHE`` if set).
 
@@ -377,7 +475,7 @@ class DiscoConvS2(_DiscoBase):
     """
 
     def __init__(self, in_channels: int, out_channels: int, nside_in: int, nside_out: int, kernel_shape,
-                 theta_cutoff: float | None = None, bias: bool = True, normalization: str = "nodal",
+                 theta_cutoff: float | None = None, bias: bool = True, normalization: str = "moment2",
                  cache_dir=None):
         super().__init__(in_channels, out_channels, nside_in, nside_out, kernel_shape, theta_cutoff, bias,
                          normalization, cache_dir, transposed=False)
@@ -387,7 +485,8 @@ class DiscoConvS2(_DiscoBase):
         self._check_input(x, self.npix_fine)
         batch = x.shape[0]
         columns = x.permute(2, 0, 1).reshape(self.npix_fine, batch * self.in_channels)
-        per_basis = _SparseMatmul.apply(columns, self.psi, self.psi_t)
+        psi, psi_t = self.sparse_tensors()
+        per_basis = _SparseMatmul.apply(columns, psi, psi_t)
         per_basis = per_basis.reshape(self.n_basis, self.npix_coarse, batch, self.in_channels)
         return self._add_bias(torch.einsum("kpbc,ock->bop", per_basis, self.weight))
 
@@ -409,7 +508,7 @@ class DiscoConvTransposeS2(_DiscoBase):
     """
 
     def __init__(self, in_channels: int, out_channels: int, nside_in: int, nside_out: int, kernel_shape,
-                 theta_cutoff: float | None = None, bias: bool = True, normalization: str = "nodal",
+                 theta_cutoff: float | None = None, bias: bool = True, normalization: str = "moment2",
                  cache_dir=None):
         super().__init__(in_channels, out_channels, nside_out, nside_in, kernel_shape, theta_cutoff, bias,
                          normalization, cache_dir, transposed=True)
@@ -421,5 +520,6 @@ class DiscoConvTransposeS2(_DiscoBase):
         batch = x.shape[0]
         mixed = torch.einsum("bcp,cok->kpbo", x, self.weight)
         mixed = mixed.reshape(self.n_basis * self.npix_coarse, batch * self.out_channels)
-        columns = _SparseMatmul.apply(mixed, self.psi_t, self.psi) * self.quadrature_ratio
+        psi, psi_t = self.sparse_tensors()
+        columns = _SparseMatmul.apply(mixed, psi_t, psi) * self.quadrature_ratio
         return self._add_bias(columns.reshape(self.npix_fine, batch, self.out_channels).permute(1, 2, 0))
