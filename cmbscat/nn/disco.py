@@ -302,13 +302,23 @@ def _moment_corrected(row, val, k, theta, bearing, moments, degree, n_rows, rcon
     row_basis = np.zeros(n_rows, dtype=np.int64)
     row_basis[row] = k
     target[:] = moments[row_basis]
-    # Scale-free conditioning test on the Gram matrix normalised by its diagonal.
+    # Solve with the Gram matrix scaled to unit diagonal and a tiny ridge; rows where
+    # the system is near-singular give huge weights and are caught by the guard below.
     diag = np.sqrt(np.clip(np.einsum("rjj->rj", gram), 1e-300, None))
-    unit = gram / diag[:, :, None] / diag[:, None, :]
-    eig_min = np.linalg.eigvalsh(unit)[:, 0]
-    good = eig_min > rcond ** 0.5
+    unit = gram / diag[:, :, None] / diag[:, None, :] + rcond * np.eye(n_mono)
+    good = np.all(np.isfinite(unit), axis=(1, 2)) & (diag[:, 0] > 0)
     coef = np.zeros((n_rows, n_mono))
-    coef[good] = np.linalg.solve(gram[good], target[good][..., None])[..., 0]
+    rhs = target[good] / diag[good]
+    exact = unit[good] - rcond * np.eye(n_mono)
+    scaled = np.linalg.solve(unit[good], rhs[..., None])[..., 0]
+    for _ in range(2):  # iterative refinement removes the ridge's bias on well-conditioned rows
+        scaled += np.linalg.solve(unit[good], (rhs - np.einsum("rij,rj->ri", exact, scaled))[..., None])[..., 0]
+    # Rows where the (near-singular) system could not meet the moments fall back below.
+    residual = np.abs(np.einsum("rij,rj->ri", exact, scaled) - rhs).max(axis=1)
+    scaled[residual > 1e-10 * np.abs(rhs).max(axis=1)] = np.nan
+    coef[good] = scaled / diag[good]
+    good &= np.all(np.isfinite(coef), axis=1)
+    coef[~good] = 0.0
     corrected = val * np.einsum("ij,ij->i", coef[row], m)
     # Guard: a correction that needs large negative weights (total variation > max_l1
     # times the integral) amplifies pixel noise more than it removes quadrature bias.
