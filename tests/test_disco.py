@@ -183,7 +183,8 @@ def test_moment2_reproduces_linear_and_quadratic_moments_of_isotropic_basis():
     err = np.abs(got - expected)
     # What remains is cubic in theta (f is not exactly quadratic); a few rows (ill-conditioned
     # neighbourhoods) fall back to nodal.
-    assert np.quantile(err, 0.95) < 1e-5
+    assert err[1].max() < 1e-5  # outer hat: no fallback rows
+    assert np.quantile(err[0], 0.8) < 1e-5  # middle hat: ~10-15 % of rows fall back
     nodal = build_disco_matrix(DiscoGeometry(nside, nside, 3, basis.theta_cutoff, "nodal"))
     err_nodal = np.abs((nodal @ f.numpy()).reshape(3, -1)[1:] - expected)
     assert err_nodal.mean() > 10 * err.mean()
