@@ -243,3 +243,13 @@ def test_bad_parameters_are_refused(kwargs):
 def test_wrong_input_shape_is_refused():
     with pytest.raises(CmbscatError, match="expects"):
         DiscoConvS2(2, 3, 8, 8, 3)(torch.randn(1, 3, hp.nside2npix(8)))
+
+
+def test_torch_sparse_path_matches_cpu_path():
+    """The device path (torch.sparse.mm, used on CUDA) gives the same product as the CPU (scipy) path."""
+    from cmbscat.nn.disco import _csr_matmul
+
+    layer = _double(DiscoConvS2(2, 2, 8, 4, 3))
+    psi, _ = layer.sparse_tensors()
+    dense = torch.randn(hp.nside2npix(8), 5, dtype=torch.float64)
+    assert torch.allclose(torch.sparse.mm(psi, dense), _csr_matmul(psi, dense), rtol=1e-12, atol=1e-14)
