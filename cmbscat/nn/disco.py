@@ -514,8 +514,13 @@ class DiscoConvS2(_DiscoBase):
         columns = x.permute(2, 0, 1).reshape(self.npix_fine, batch * self.in_channels)
         psi, psi_t = self.sparse_tensors()
         per_basis = _SparseMatmul.apply(columns, psi, psi_t)
-        per_basis = per_basis.view(self.n_basis, self.npix_coarse, batch, self.in_channels).permute(2, 1, 0, 3)
-        mixed = torch.einsum("bpkc,kco->bop", per_basis, self.weight.permute(2, 1, 0))
+        # Channel mix as n_basis GEMMs on contiguous slices (no large transposes):
+        # mixed[p, b, o] = sum_k sum_c per_basis[k, p, b, c] weight[o, c, k]
+        per_basis = per_basis.view(self.n_basis, self.npix_coarse * batch, self.in_channels)
+        mixed = per_basis[0] @ self.weight[:, :, 0].T
+        for k in range(1, self.n_basis):
+            mixed = torch.addmm(mixed, per_basis[k], self.weight[:, :, k].T)
+        mixed = mixed.view(self.npix_coarse, batch, self.out_channels).permute(1, 2, 0)
         return self._add_bias(mixed)
 
 
@@ -546,8 +551,10 @@ class DiscoConvTransposeS2(_DiscoBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x, self.npix_coarse)
         batch = x.shape[0]
-        mixed = torch.einsum("bcp,cok->kpbo", x, self.weight)
-        mixed = mixed.reshape(self.n_basis * self.npix_coarse, batch * self.out_channels)
+        columns = x.permute(2, 0, 1).reshape(self.npix_coarse * batch, self.in_channels)
+        # mixed[k, p, b, o] = sum_c x[b, c, p] weight[c, o, k]: n_basis GEMMs, one stack
+        mixed = torch.stack([columns @ self.weight[:, :, k] for k in range(self.n_basis)])
+        mixed = mixed.view(self.n_basis * self.npix_coarse, batch * self.out_channels)
         psi, psi_t = self.sparse_tensors()
         columns = _SparseMatmul.apply(mixed, psi_t, psi) * self.quadrature_ratio
         return self._add_bias(columns.reshape(self.npix_fine, batch, self.out_channels).permute(1, 2, 0))
