@@ -514,12 +514,10 @@ class DiscoConvS2(_DiscoBase):
         columns = x.permute(2, 0, 1).reshape(self.npix_fine, batch * self.in_channels)
         psi, psi_t = self.sparse_tensors()
         per_basis = _SparseMatmul.apply(columns, psi, psi_t)
-        # Channel mix as n_basis GEMMs on contiguous slices (no large transposes):
-        # mixed[p, b, o] = sum_k sum_c per_basis[k, p, b, c] weight[o, c, k]
+        # Channel mix as one batched GEMM over the basis on contiguous blocks (no large
+        # transposes, cheap backward): mixed[p, b, o] = sum_k sum_c per_basis[k, p, b, c] weight[o, c, k]
         per_basis = per_basis.view(self.n_basis, self.npix_coarse * batch, self.in_channels)
-        mixed = per_basis[0] @ self.weight[:, :, 0].T
-        for k in range(1, self.n_basis):
-            mixed = torch.addmm(mixed, per_basis[k], self.weight[:, :, k].T)
+        mixed = torch.bmm(per_basis, self.weight.permute(2, 1, 0)).sum(dim=0)
         mixed = mixed.view(self.npix_coarse, batch, self.out_channels).permute(1, 2, 0)
         return self._add_bias(mixed)
 
