@@ -12,9 +12,11 @@ The filter is a learned combination ``psi = sum_k w_k psi_k`` of a fixed basis
 (:class:`HatFilterBasis`). The basis values at every (output, input) pair,
 times the quadrature weight, form a sparse matrix ``Psi`` of shape
 ``(n_basis * npix_out, npix_in)``, row ``k * npix_out + p``; it is built once per
-geometry (vectorised, cached in memory and optionally on disk), stored as a
-CSR buffer, and the layer is ``y = channel_mix(Psi @ x)``: time and memory
-linear in npix.
+geometry (vectorised, cached in memory and optionally on disk), kept with its
+transpose as CSR components in plain buffers, and the layer is
+``y = channel_mix(Psi @ x)``: time and memory linear in npix. The quadrature
+weights are moment-corrected per output pixel by default (``normalization``,
+see :func:`build_disco_matrix`).
 
 Tensors are ``(batch, channels, npix)`` in HEALPix RING ordering.
 """
@@ -497,8 +499,10 @@ class DiscoConvS2(_DiscoBase):
     cache_dir : optional directory for the on-disk cache of the sparse tensor
         (default: ``$CMBSCAT_DISCO_CACHE`` if set).
 
-    The sparse tensor is a buffer in the default dtype at construction; ``.to()``,
-    ``.double()``, ``.cuda()`` move it with the module.
+    The sparse tensor (CSR components in buffers, in the default dtype at
+    construction) moves with ``.to()``, ``.double()``, ``.cuda()``; inputs must have
+    the module's dtype. The output is a ``(B, out, npix_out)`` view of a
+    pixel-major buffer (what the next DISCO layer reads without a copy).
     """
 
     def __init__(self, in_channels: int, out_channels: int, nside_in: int, nside_out: int, kernel_shape,
