@@ -12,9 +12,12 @@ The filter is a learned combination ``psi = sum_k w_k psi_k`` of a fixed basis
 (:class:`HatFilterBasis`). The basis values at every (output, input) pair,
 times the quadrature weight, form a sparse matrix ``Psi`` of shape
 ``(n_basis * npix_out, npix_in)``, row ``k * npix_out + p``; it is built once per
-geometry (vectorised, cached in memory and optionally on disk), kept with its
-transpose as CSR components in plain buffers, and the layer is
-``y = channel_mix(Psi @ x)``: time and memory linear in npix. The quadrature
+geometry (vectorised, cached in memory and optionally on disk). A layer keeps it
+pixel-major (row ``p * n_basis + k``) with its transpose as CSR components in
+plain buffers, and computes ``y = channel_mix(Psi @ x)``: time and memory linear
+in npix. On the CPU the product and the channel mix run together over blocks of
+output pixels, so intermediates stay cache-sized and the time per pixel does not
+grow with nside. The quadrature
 weights are moment-corrected per output pixel by default (``normalization``,
 see :func:`build_disco_matrix`).
 
@@ -371,10 +374,22 @@ def _csr_components(matrix: scipy.sparse.csr_matrix, dtype: torch.dtype):
             torch.from_numpy(matrix.data).to(dtype))
 
 
+def pixel_major(matrix: scipy.sparse.csr_matrix, n_basis: int) -> scipy.sparse.csr_matrix:
+    """Reorder the rows of a DISCO matrix from ``k * npix_out + p`` to ``p * n_basis + k``."""
+    npix_out = matrix.shape[0] // n_basis
+    order = (np.arange(n_basis)[None, :] * npix_out + np.arange(npix_out)[:, None]).ravel()
+    return matrix[order]
+
+
 @functools.lru_cache(maxsize=32)
 def _torch_components(geometry: DiscoGeometry, cache_dir: Path | None, dtype: torch.dtype):
-    """CSR components ``(crow, col, val)`` of ``Psi`` and of ``Psi^T``, shared by layers of the same geometry."""
+    """CSR components ``(crow, col, val)`` of pixel-major ``Psi`` and of its transpose.
+
+    Shared by all layers of the same geometry. Rows are ``p * n_basis + k``, so the
+    rows of a block of output pixels are contiguous (see :class:`_BlockPlan`).
+    """
     matrix = _cached_matrix(geometry, cache_dir)
+    matrix = pixel_major(matrix, matrix.shape[0] // hp.nside2npix(geometry.nside_out))
     transposed = matrix.T.tocsr()
     transposed.sort_indices()
     return _csr_components(matrix, dtype), _csr_components(transposed, dtype)
@@ -416,6 +431,132 @@ def _csr_matmul(matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         (matrix.values().numpy(), matrix.col_indices().numpy(), matrix.crow_indices().numpy()),
         shape=tuple(matrix.shape), copy=False)
     return torch.from_numpy(np.ascontiguousarray(csr @ dense.detach().numpy()))
+
+
+
+# ----------------------------------------------------------- CPU blocked kernels
+
+#: Output pixels per block of the CPU kernels: intermediates of a block,
+#: ``PIXELS_PER_BLOCK * n_basis * batch * channels`` values, stay in the CPU caches.
+PIXELS_PER_BLOCK = 1024
+
+
+class _BlockPlan:
+    """Row blocks of a pixel-major DISCO matrix for the CPU kernels (scipy, zero-copy views).
+
+    Block ``b`` holds the rows of output pixels ``[p0, p1)`` and, for the adjoint, the
+    transpose of that block restricted to the input pixels ``[i_lo, i_hi)`` it touches
+    (a narrow range in RING order), so that ``Psi^T`` products never sweep the whole
+    input per block.
+    """
+
+    def __init__(self, crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, n_basis: int,
+                 npix_out: int, npix_in: int, pixels_per_block: int | None = None):
+        pixels_per_block = pixels_per_block or PIXELS_PER_BLOCK
+        indptr, indices, data = crow.numpy(), col.numpy(), val.numpy()
+        self.n_basis, self.npix_out, self.npix_in = n_basis, npix_out, npix_in
+        self.dtype = data.dtype
+        self.blocks = []
+        for p0 in range(0, npix_out, pixels_per_block):
+            p1 = min(npix_out, p0 + pixels_per_block)
+            r0, r1 = p0 * n_basis, p1 * n_basis
+            a, b = int(indptr[r0]), int(indptr[r1])
+            local_ptr = indptr[r0:r1 + 1] - a
+            rows = scipy.sparse.csr_matrix((data[a:b], indices[a:b], local_ptr), shape=(r1 - r0, npix_in),
+                                           copy=False)
+            i_lo, i_hi = (int(indices[a:b].min()), int(indices[a:b].max()) + 1) if b > a else (0, 0)
+            local = scipy.sparse.csr_matrix((data[a:b], indices[a:b] - i_lo, local_ptr),
+                                            shape=(r1 - r0, i_hi - i_lo))
+            self.blocks.append((p0, p1, rows, i_lo, i_hi, local.T.tocsr()))
+
+    def _basis_response(self, rows, x: np.ndarray, p0: int, p1: int) -> np.ndarray:
+        """``(Psi x)`` of one block as ``(pixels * batch, n_basis * channels)``; x is (npix_in, B, C)."""
+        _, batch, channels = x.shape
+        s = rows @ x.reshape(self.npix_in, batch * channels)
+        return s.reshape(p1 - p0, self.n_basis, batch, channels).transpose(0, 2, 1, 3).reshape(
+            (p1 - p0) * batch, self.n_basis * channels)
+
+    def apply(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """``y[p, b, o] = sum_{k,c} weight[o, c, k] (Psi_k x)[p, b, c]``; x (npix_in, B, C) -> (npix_out, B, O)."""
+        out_channels, batch = weight.shape[0], x.shape[1]
+        mix = np.ascontiguousarray(weight.transpose(2, 1, 0).reshape(-1, out_channels))  # (K C, O)
+        y = np.empty((self.npix_out, batch, out_channels), dtype=self.dtype)
+        for p0, p1, rows, *_ in self.blocks:
+            np.matmul(self._basis_response(rows, x, p0, p1), mix,
+                      out=y[p0:p1].reshape((p1 - p0) * batch, out_channels))
+        return y
+
+    def adjoint(self, g: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """Adjoint of :meth:`apply` in x: ``z[i, b, c] = sum Psi[(p,k), i] weight[o, c, k] g[p, b, o]``."""
+        out_channels, channels = weight.shape[:2]
+        batch = g.shape[1]
+        mix_t = np.ascontiguousarray(weight.transpose(2, 1, 0).reshape(-1, out_channels).T)  # (O, K C)
+        z = np.zeros((self.npix_in, batch * channels), dtype=self.dtype)
+        for p0, p1, _, i_lo, i_hi, local_t in self.blocks:
+            t = g[p0:p1].reshape((p1 - p0) * batch, out_channels) @ mix_t
+            t = t.reshape(p1 - p0, batch, self.n_basis, channels).transpose(0, 2, 1, 3).reshape(
+                (p1 - p0) * self.n_basis, batch * channels)
+            z[i_lo:i_hi] += local_t @ t
+        return z.reshape(self.npix_in, batch, channels)
+
+    def weight_product(self, x: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """``w[o, c, k] = sum_{p, b} g[p, b, o] (Psi_k x)[p, b, c]`` (the weight gradient), (O, C, K)."""
+        batch, channels, out_channels = x.shape[1], x.shape[2], g.shape[2]
+        acc = np.zeros((self.n_basis * channels, out_channels), dtype=self.dtype)
+        for p0, p1, rows, *_ in self.blocks:
+            acc += self._basis_response(rows, x, p0, p1).T @ g[p0:p1].reshape((p1 - p0) * batch, out_channels)
+        return np.ascontiguousarray(acc.reshape(self.n_basis, channels, out_channels).transpose(2, 1, 0))
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy()
+
+
+# Three bilinear maps that differentiate into one another, so every order of
+# derivative is exact (gradgradcheck): apply(x, w), adjoint(g, w), weight_product(x, g).
+class _BlockedApply(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, plan):
+        ctx.save_for_backward(x, weight)
+        ctx.plan = plan
+        return torch.from_numpy(plan.apply(_np(x), _np(weight)))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        gx = _BlockedAdjoint.apply(grad, weight, ctx.plan) if ctx.needs_input_grad[0] else None
+        gw = _BlockedWeightProduct.apply(x, grad, ctx.plan) if ctx.needs_input_grad[1] else None
+        return gx, gw, None
+
+
+class _BlockedAdjoint(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, g, weight, plan):
+        ctx.save_for_backward(g, weight)
+        ctx.plan = plan
+        return torch.from_numpy(plan.adjoint(_np(g), _np(weight)))
+
+    @staticmethod
+    def backward(ctx, grad):
+        g, weight = ctx.saved_tensors
+        gg = _BlockedApply.apply(grad, weight, ctx.plan) if ctx.needs_input_grad[0] else None
+        gw = _BlockedWeightProduct.apply(grad, g, ctx.plan) if ctx.needs_input_grad[1] else None
+        return gg, gw, None
+
+
+class _BlockedWeightProduct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, g, plan):
+        ctx.save_for_backward(x, g)
+        ctx.plan = plan
+        return torch.from_numpy(plan.weight_product(_np(x), _np(g)))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, g = ctx.saved_tensors
+        gx = _BlockedAdjoint.apply(g, grad, ctx.plan) if ctx.needs_input_grad[0] else None
+        gg = _BlockedApply.apply(x, grad, ctx.plan) if ctx.needs_input_grad[1] else None
+        return gx, gg, None
 
 
 # ------------------------------------------------------------------------- layers
@@ -465,7 +606,10 @@ class _DiscoBase(nn.Module):
                                f"got {tuple(x.shape)}")
 
     def sparse_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(Psi, Psi^T)`` as torch sparse CSR tensors on the module's device and dtype (views, no copy)."""
+        """``(Psi, Psi^T)`` as torch sparse CSR tensors on the module's device and dtype (views, no copy).
+
+        ``Psi`` is pixel-major: shape ``(npix_out * n_basis, npix_in)``, row ``p * n_basis + k``.
+        """
         psi = torch.sparse_csr_tensor(self.psi_crow, self.psi_col, self.psi_val, size=self._shape,
                                       check_invariants=False)
         psi_t = torch.sparse_csr_tensor(self.psi_t_crow, self.psi_t_col, self.psi_t_val, size=self._shape[::-1],
@@ -474,6 +618,20 @@ class _DiscoBase(nn.Module):
 
     def _add_bias(self, y: torch.Tensor) -> torch.Tensor:
         return y if self.bias is None else y + self.bias[None, :, None]
+
+    def _block_plan(self) -> _BlockPlan:
+        """CPU kernel plan of the current buffers (rebuilt if they were moved or converted)."""
+        key = (self.psi_val.data_ptr(), self.psi_val.dtype)
+        if getattr(self, "_plan_key", None) != key:
+            self._plan = _BlockPlan(self.psi_crow, self.psi_col, self.psi_val, self.n_basis,
+                                    self.npix_coarse, self.npix_fine)
+            self._plan_key = key
+        return self._plan
+
+    def _check_dtype(self, x: torch.Tensor) -> None:
+        if x.dtype != self.psi_val.dtype:
+            raise CmbscatError(f"DISCO layer holds {self.psi_val.dtype} but got a {x.dtype} input; "
+                               "convert the module (e.g. .double()) or the input")
 
     def extra_repr(self) -> str:
         g = self.geometry
@@ -514,16 +672,22 @@ class DiscoConvS2(_DiscoBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x, self.npix_fine)
-        batch = x.shape[0]
-        columns = x.permute(2, 0, 1).reshape(self.npix_fine, batch * self.in_channels)
+        self._check_dtype(x)
+        pixels_first = x.permute(2, 0, 1)  # (npix_in, B, C): a view of the previous layer's buffer
+        if x.device.type == "cpu":
+            y = _BlockedApply.apply(pixels_first, self.weight, self._block_plan())
+        else:
+            y = self._sparse_forward(pixels_first)
+        return self._add_bias(y.permute(1, 2, 0))  # (B, O, npix_out), a view of a pixel-major buffer
+
+    def _sparse_forward(self, pixels_first: torch.Tensor) -> torch.Tensor:
+        """The device path (torch.sparse.mm, CUDA): (npix_in, B, C) -> (npix_out, B, O), no bias."""
+        batch = pixels_first.shape[1]
         psi, psi_t = self.sparse_tensors()
-        per_basis = _SparseMatmul.apply(columns, psi, psi_t)
-        # Channel mix as one batched GEMM over the basis on contiguous blocks (no large
-        # transposes, cheap backward): mixed[p, b, o] = sum_k sum_c per_basis[k, p, b, c] weight[o, c, k]
-        per_basis = per_basis.view(self.n_basis, self.npix_coarse * batch, self.in_channels)
-        mixed = torch.bmm(per_basis, self.weight.permute(2, 1, 0)).sum(dim=0)
-        mixed = mixed.view(self.npix_coarse, batch, self.out_channels).permute(1, 2, 0)
-        return self._add_bias(mixed)
+        columns = pixels_first.reshape(self.npix_fine, batch * self.in_channels)
+        per_basis = _SparseMatmul.apply(columns, psi, psi_t).view(
+            self.npix_coarse, self.n_basis, batch, self.in_channels)
+        return torch.einsum("pkbc,ock->pbo", per_basis, self.weight)
 
 
 class DiscoConvTransposeS2(_DiscoBase):
@@ -552,11 +716,19 @@ class DiscoConvTransposeS2(_DiscoBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x, self.npix_coarse)
-        batch = x.shape[0]
-        columns = x.permute(2, 0, 1).reshape(self.npix_coarse * batch, self.in_channels)
-        # mixed[k, p, b, o] = sum_c x[b, c, p] weight[c, o, k]: n_basis GEMMs, one stack
-        mixed = torch.stack([columns @ self.weight[:, :, k] for k in range(self.n_basis)])
-        mixed = mixed.view(self.n_basis * self.npix_coarse, batch * self.out_channels)
+        self._check_dtype(x)
+        pixels_first = x.permute(2, 0, 1)  # (npix_coarse, B, C_in)
+        # the weight (in, out, K) plays the forward layer's (out, in, K): this is its adjoint
+        if x.device.type == "cpu":
+            y = _BlockedAdjoint.apply(pixels_first, self.weight, self._block_plan())
+        else:
+            y = self._sparse_forward(pixels_first)
+        return self._add_bias((y * self.quadrature_ratio).permute(1, 2, 0))
+
+    def _sparse_forward(self, pixels_first: torch.Tensor) -> torch.Tensor:
+        """The device path (torch.sparse.mm, CUDA): (npix_in, B, C) -> (npix_out, B, O), unscaled, no bias."""
+        batch = pixels_first.shape[1]
+        mixed = torch.einsum("pbc,cok->pkbo", pixels_first, self.weight).reshape(
+            self.n_basis * self.npix_coarse, batch * self.out_channels)
         psi, psi_t = self.sparse_tensors()
-        columns = _SparseMatmul.apply(mixed, psi_t, psi) * self.quadrature_ratio
-        return self._add_bias(columns.reshape(self.npix_fine, batch, self.out_channels).permute(1, 2, 0))
+        return _SparseMatmul.apply(mixed, psi_t, psi).view(self.npix_fine, batch, self.out_channels)
