@@ -314,10 +314,14 @@ def _moment_corrected(row, val, k, theta, bearing, moments, degree, n_rows, rcon
     good = np.all(np.isfinite(unit), axis=(1, 2)) & (diag[:, 0] > 0)
     coef = np.zeros((n_rows, n_mono))
     rhs = target[good] / diag[good]
-    exact = unit[good] - rcond * np.eye(n_mono)
-    scaled = np.linalg.solve(unit[good], rhs[..., None])[..., 0]
+    regularised = unit[good]
+    exact = regularised - rcond * np.eye(n_mono)
+    # One batched inverse serves the solve and both refinement steps (the matrices do not change).
+    inverse = np.linalg.inv(regularised)
+    del regularised
+    scaled = np.einsum("rij,rj->ri", inverse, rhs)
     for _ in range(2):  # iterative refinement removes the ridge's bias on well-conditioned rows
-        scaled += np.linalg.solve(unit[good], (rhs - np.einsum("rij,rj->ri", exact, scaled))[..., None])[..., 0]
+        scaled += np.einsum("rij,rj->ri", inverse, rhs - np.einsum("rij,rj->ri", exact, scaled))
     # Rows where the (near-singular) system could not meet the moments fall back below.
     residual = np.abs(np.einsum("rij,rj->ri", exact, scaled) - rhs).max(axis=1)
     scaled[residual > 1e-10 * np.abs(rhs).max(axis=1)] = np.nan
