@@ -105,9 +105,18 @@ def buffer_bytes(layer: torch.nn.Module) -> int:
 
 
 def scaling_part(nsides, repeats: int, batch: int = 4, channels: int = 16, kernel_shape=3) -> None:
+    """Time and memory per pixel against nside, for two input layouts.
+
+    "(B, C, npix)": a contiguous tensor, as a network's first layer receives it; the
+    layer first transposes it to pixel-major order, a memory-bound copy. "pixel-major":
+    a (B, C, npix) view of a (npix, B, C) buffer, which is what a DISCO layer outputs
+    and therefore what every later layer receives (elementwise layers keep the layout).
+    """
     print(f"## Scaling: batch {batch}, {channels} -> {channels} channels, kernel_shape={kernel_shape}, "
           f"float32, {torch.get_num_threads()} torch thread(s), best of {repeats}\n")
-    rows, per_pixel = [], []
+    layouts = {"(B, C, npix)": lambda npix: torch.randn(batch, channels, npix),
+               "pixel-major": lambda npix: torch.randn(npix, batch, channels).permute(1, 2, 0)}
+    rows, per_pixel = [], {name: [] for name in layouts}
     for n in nsides:
         npix = hp.nside2npix(n)
         theta = default_theta_cutoff(n, n)
@@ -116,28 +125,31 @@ def scaling_part(nsides, repeats: int, batch: int = 4, channels: int = 16, kerne
         disco_matrix(DiscoGeometry(n, n, kernel_shape, theta, "moment2"))  # cached for the layer below
         build = time.perf_counter() - t0
         layer = DiscoConvS2(channels, channels, n, n, kernel_shape)
-        x = torch.randn(batch, channels, npix)
-        with torch.no_grad():
-            fwd = timed(lambda: layer(x), repeats)
-        xg = x.clone().requires_grad_()
-
-        def fwd_bwd():
-            layer.zero_grad(set_to_none=True)
-            layer(xg).square().mean().backward()
-
-        fb = timed(fwd_bwd, repeats)
         mem = buffer_bytes(layer)
         nnz = layer.psi_val.numel()
-        per_pixel.append((fwd / npix, fb / npix, mem / npix))
-        rows.append([str(n), str(npix), f"{build:.2f}", f"{nnz / npix:.1f}", f"{mem / 2**20:.1f}",
-                     f"{fwd * 1e3:.1f}", f"{fb * 1e3:.1f}",
-                     f"{fwd / npix * 1e9:.0f}", f"{fb / npix * 1e9:.0f}", f"{mem / npix:.0f}"])
-    table(["nside", "npix", "build s", "nnz/pix", "sparse MiB", "fwd ms", "fwd+bwd ms",
+        for name, make_input in layouts.items():
+            x = make_input(npix)
+            with torch.no_grad():
+                fwd = timed(lambda: layer(x), repeats)
+            xg = x.detach().requires_grad_()
+
+            def fwd_bwd():
+                layer.zero_grad(set_to_none=True)
+                layer(xg).square().mean().backward()
+
+            fb = timed(fwd_bwd, repeats)
+            per_pixel[name].append((fwd / npix, fb / npix, mem / npix))
+            rows.append([str(n), str(npix), name, f"{build:.2f}", f"{nnz / npix:.1f}", f"{mem / 2**20:.1f}",
+                         f"{fwd * 1e3:.1f}", f"{fb * 1e3:.1f}",
+                         f"{fwd / npix * 1e9:.0f}", f"{fb / npix * 1e9:.0f}", f"{mem / npix:.0f}"])
+    table(["nside", "npix", "input layout", "build s", "nnz/pix", "sparse MiB", "fwd ms", "fwd+bwd ms",
            "fwd ns/pix", "f+b ns/pix", "bytes/pix"], rows)
-    arr = np.array(per_pixel)
-    spread = arr.max(axis=0) / arr.min(axis=0)
-    print(f"per-pixel spread max/min over nside {list(nsides)}: forward {spread[0]:.2f}x, "
-          f"forward+backward {spread[1]:.2f}x, memory {spread[2]:.2f}x (target: within 1.5x)\n", flush=True)
+    for name, values in per_pixel.items():
+        arr = np.array(values)
+        spread = arr.max(axis=0) / arr.min(axis=0)
+        print(f"per-pixel spread max/min over nside {list(nsides)}, {name} input: forward {spread[0]:.2f}x, "
+              f"forward+backward {spread[1]:.2f}x, memory {spread[2]:.2f}x (target: within 1.5x)", flush=True)
+    print()
 
 
 # ------------------------------------------------------------ torch-harmonics
