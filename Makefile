@@ -31,6 +31,7 @@ fnl-scan:  ## accuracy of every method against f_NL (table + PNG)
 bench:  ## benchmarks: measured timings side by side with their references
 	$(PY) benchmarks/simulate.py
 	$(PY) benchmarks/scatter.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/disco.py
 
 clean:
 	rm -rf results runs .pytest_cache
