@@ -111,6 +111,7 @@ def scaling_part(nsides, repeats: int, batch: int = 4, channels: int = 16, kerne
     layer first transposes it to pixel-major order, a memory-bound copy. "pixel-major":
     a (B, C, npix) view of a (npix, B, C) buffer, which is what a DISCO layer outputs
     and therefore what every later layer receives (elementwise layers keep the layout).
+    Forward+backward is ``layer(x).backward(g)`` with a fixed upstream gradient ``g``.
     """
     print(f"## Scaling: batch {batch}, {channels} -> {channels} channels, kernel_shape={kernel_shape}, "
           f"float32, {torch.get_num_threads()} torch thread(s), best of {repeats}\n")
@@ -132,10 +133,14 @@ def scaling_part(nsides, repeats: int, batch: int = 4, channels: int = 16, kerne
             with torch.no_grad():
                 fwd = timed(lambda: layer(x), repeats)
             xg = x.detach().requires_grad_()
+            # A fixed upstream gradient in the layer's output layout: this times the layer's
+            # forward and backward, not a loss function's own memory-bound passes.
+            upstream = torch.randn(npix, batch, channels).permute(1, 2, 0)
 
             def fwd_bwd():
                 layer.zero_grad(set_to_none=True)
-                layer(xg).square().mean().backward()
+                xg.grad = None
+                layer(xg).backward(upstream)
 
             fb = timed(fwd_bwd, repeats)
             per_pixel[name].append((fwd / npix, fb / npix, mem / npix))
