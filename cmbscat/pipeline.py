@@ -55,11 +55,9 @@ class _Timings:
         click.echo(f"[{name}] ...", err=True)
         t0 = time.time()
         result = func()
-        elapsed = time.time() - t0
-        if not (done and name in self.data):
-            self.data[name] = elapsed
-            self.path.write_text(json.dumps(self.data, indent=2))
-        click.echo(f"[{name}] {elapsed:.0f} s", err=True)
+        self.data[name] = time.time() - t0
+        self.path.write_text(json.dumps(self.data, indent=2))
+        click.echo(f"[{name}] {self.data[name]:.0f} s", err=True)
         return result
 
 
