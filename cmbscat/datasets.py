@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from cmbscat.errors import CmbscatError
 from cmbscat.features import binned_power_spectrum, one_point_statistics, power_spectrum_bins
+from cmbscat.scatter_stage import open_source
 
 
 def file_kind(path: str | Path) -> str:
@@ -52,18 +53,15 @@ def scattering_inputs(path: str | Path) -> tuple[np.ndarray, dict]:
     return coeffs, meta
 
 
-def _iter_alm(f: h5py.File, lmax: int):
-    """Yield each map's a_lm (complex128) truncated to ``lmax``, from /alm or from /maps."""
-    file_lmax = int(f.attrs["lmax"])
-    if lmax > file_lmax:
-        raise CmbscatError(f"lmax {lmax} is above the file's lmax {file_lmax}")
-    n = f["labels"].shape[0]
-    for i in range(n):
-        if "alm" in f:
-            alm = f["alm"][i].astype(np.complex128)
-        else:
-            alm = hp.map2alm(f["maps"][i].astype(np.float64), lmax=file_lmax, iter=3)
-        yield hp.resize_alm(alm, file_lmax, file_lmax, lmax, lmax) if lmax < file_lmax else alm
+def _iter_alm(path: str | Path, lmax: int):
+    """Yield each map's a_lm (complex128) at band limit ``lmax``, as ``cmbscat scatter`` reads them:
+    /alm truncated when stored, else /maps analysed with map2alm (see :class:`Source`)."""
+    source = open_source(path)
+    if lmax > source.lmax:
+        raise CmbscatError(f"lmax {lmax} is above the file's lmax {source.lmax}")
+    with h5py.File(path, "r") as f:
+        for i in range(source.n_maps):
+            yield source.alm(i, lmax, f)
 
 
 def lowres_maps(path: str | Path, nside: int, lmax: int, progress: bool = True) -> np.ndarray:
@@ -73,12 +71,11 @@ def lowres_maps(path: str | Path, nside: int, lmax: int, progress: bool = True) 
     that a conventional spherical CNN can afford (a sharp cut of the a_lm at lmax).
     """
     require_kind(path, "sims", "the low-resolution baseline")
-    with h5py.File(path, "r") as f:
-        n = f["labels"].shape[0]
-        out = np.empty((n, 1, hp.nside2npix(nside)), np.float32)
-        for i, alm in enumerate(tqdm(_iter_alm(f, lmax), total=n, desc="low-res maps",
-                                     disable=not progress)):
-            out[i, 0] = hp.alm2map(alm, nside, lmax=lmax)
+    n = read_labels(path).size
+    out = np.empty((n, 1, hp.nside2npix(nside)), np.float32)
+    for i, alm in enumerate(tqdm(_iter_alm(path, lmax), total=n, desc="low-res maps",
+                                 disable=not progress)):
+        out[i, 0] = hp.alm2map(alm, nside, lmax=lmax)
     return out
 
 
@@ -94,7 +91,7 @@ def classical_features(path: str | Path, kind: str, progress: bool = True) -> np
         rows = []
         if kind == "powspec":
             edges = power_spectrum_bins(lmax)
-            for alm in tqdm(_iter_alm(f, lmax), total=n, desc="power spectra", disable=not progress):
+            for alm in tqdm(_iter_alm(path, lmax), total=n, desc="power spectra", disable=not progress):
                 rows.append(binned_power_spectrum(alm, lmax, edges))
         elif kind == "onepoint":
             for i in tqdm(range(n), desc="one-point statistics", disable=not progress):

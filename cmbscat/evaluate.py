@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 from cmbscat.datasets import read_labels
 from cmbscat.errors import CmbscatError
 from cmbscat.metrics import classification_metrics, roc_points
+from cmbscat.store import atomic_write_text
 from cmbscat.train import model_inputs, resolve_device
 
 
@@ -99,7 +99,5 @@ def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path | None =
     np.save(out / "scores.npy", scores)
     plot_roc(out / "roc.png", labels, scores,
              f"{config['model']}: AUC {metrics['auc']:.3f}" if metrics["auc"] is not None else config["model"])
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    os.replace(tmp, out / "metrics.json")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return metrics

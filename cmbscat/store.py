@@ -163,7 +163,7 @@ class ItemWriter:
                         f"({_describe_difference(old, self.params)}); re-run it with those, "
                         "or delete that folder to start over")
             else:
-                _atomic_write_text(manifest, self._params_text)
+                atomic_write_text(manifest, self._params_text)
         except OSError as exc:
             raise CmbscatError(f"cannot write output {self.path}: {exc.strerror or exc}") from None
 
@@ -230,7 +230,9 @@ class ItemWriter:
         self.complete = True
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary name and a rename: readers never see half a file."""
+    path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

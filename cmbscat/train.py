@@ -30,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cmbscat.errors import CmbscatError
+from cmbscat.store import atomic_write_text
 
 NN_MODELS = ("hybrid", "baseline")
 CLASSICAL_MODELS = ("powspec", "onepoint")
@@ -156,9 +157,7 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig) -> bool:
         return True
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cfg_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(config), indent=2))
-        os.replace(tmp, cfg_path)
+        atomic_write_text(cfg_path, json.dumps(asdict(config), indent=2))
     except OSError as exc:
         raise CmbscatError(f"cannot write run folder {run_dir}: {exc.strerror or exc}") from None
     return False
@@ -186,7 +185,7 @@ def train(run_dir: str | Path, config: TrainConfig, device: str = "auto",
     else:
         summary = _train_network(run_dir, config, device, progress)
     summary["wall_seconds"] = time.time() - t0  # this invocation: input loading and training
-    summary_path.write_text(json.dumps(summary, indent=2))
+    atomic_write_text(summary_path, json.dumps(summary, indent=2))
     return summary
 
 
