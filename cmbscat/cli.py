@@ -159,11 +159,14 @@ def scatter(source, out, depth, J0, lam, lmax, oversample, min_nside, map2alm_it
 @click.option("--seed", type=int, default=0, help="Seed of the split, initialisation and shuffling.")
 @click.option("--baseline-nside", type=int, default=64, help="Input nside of the baseline model.")
 @click.option("--baseline-lmax", type=int, default=127, help="Input band limit of the baseline model.")
+@click.option("--patience", type=int, default=0,
+              help="Stop when the validation loss has not improved for this many epochs "
+                   "(0: run all --epochs).")
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
 @_progress_option
 def train(data, run_dir, model, epochs, batch_size, lr, weight_decay, val_fraction, seed,
-          baseline_nside, baseline_lmax, device, progress):
+          baseline_nside, baseline_lmax, patience, device, progress):
     """Train a classifier on DATA into RUN_DIR (checkpoints, curves, config).
 
     Inputs are standardised with statistics of the training split only, saved with
@@ -175,7 +178,8 @@ def train(data, run_dir, model, epochs, batch_size, lr, weight_decay, val_fracti
 
     config = TrainConfig(data=str(data), model=model, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, val_fraction=val_fraction, seed=seed,
-                         baseline_nside=baseline_nside, baseline_lmax=baseline_lmax)
+                         baseline_nside=baseline_nside, baseline_lmax=baseline_lmax,
+                         patience=patience)
     summary = run(run_dir, config, device=device, progress=progress)
     click.echo(f"{run_dir}: {model} trained, validation accuracy {summary['val_accuracy']:.3f}",
                err=True)
@@ -209,8 +213,11 @@ def evaluate(run_dir, test, out_dir, device, progress):
 @click.option("--scan", is_flag=True,
               help="Run the chain once per value of the config's fnl_values and write an "
                    "accuracy-against-f_NL table and plot (pipelines/fnl_scan.json).")
+@click.option("--models", default=None, metavar="M1,M2",
+              help="Train and evaluate only these of the config's models (comma-separated, "
+                   "e.g. onepoint,powspec); the scatter stage runs only for the hybrid.")
 @_progress_option
-def pipeline(config, device, scan, progress):
+def pipeline(config, device, scan, models, progress):
     """Run every stage of the experiment in the JSON file CONFIG and write its results table.
 
     pipelines/paper.json is the paper's experiment (make reproduce), pipelines/smoke.json
@@ -218,7 +225,8 @@ def pipeline(config, device, scan, progress):
     """
     from cmbscat.pipeline import run_pipeline, run_scan
 
-    table = (run_scan if scan else run_pipeline)(config, device=device, progress=progress)
+    only = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    table = (run_scan if scan else run_pipeline)(config, device=device, progress=progress, only=only)
     click.echo(f"wrote {table}", err=True)
 
 

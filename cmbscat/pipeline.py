@@ -113,8 +113,24 @@ def run_sharded(stage: str, args: list[str], out_path: Path, n_items: int, worke
     combine_shards(out_path, shard_paths)
 
 
-def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool = True) -> Path:
-    """Run every stage of the experiment in ``config_path``; return the table's path."""
+def select_models(cfg: dict, only: list[str] | None) -> list[str]:
+    """The config's models, or the subset ``only`` of them (in the config's order)."""
+    if not only:
+        return list(cfg["models"])
+    unknown = sorted(set(only) - set(cfg["models"]))
+    if unknown:
+        raise CmbscatError(f"--models {','.join(unknown)}: not in the config "
+                           f"(it has {', '.join(cfg['models'])})")
+    return [m for m in cfg["models"] if m in only]
+
+
+def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool = True,
+                 only: list[str] | None = None) -> Path:
+    """Run every stage of the experiment in ``config_path``; return the table's path.
+
+    ``only`` restricts the models trained (a subset of the config's); the scatter
+    stage runs only when a model that needs it (the hybrid) is among them.
+    """
     from cmbscat.evaluate import evaluate
     from cmbscat.scatter_stage import scatter
     from cmbscat.simulate import SimulationConfig, simulate
@@ -127,6 +143,8 @@ def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool =
     timings = _Timings(out / "timings.json")
     sim = cfg["simulate"]
     workers = int(cfg.get("workers", 1))
+    models = select_models(cfg, only)
+    need_scattering = "hybrid" in models
 
     files = {}
     for split in ("train", "test"):
@@ -141,20 +159,23 @@ def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool =
             timings.run(f"simulate {split}",
                         lambda: run_sharded("simulate", sim_flags, sims_path, config.n_maps, workers,
                                             progress), sims_path.exists())
-            timings.run(f"scatter {split}",
-                        lambda: run_sharded("scatter", [str(sims_path)] + _cli_flags(cfg["scatter"]),
-                                            scat_path, config.n_maps, workers, progress),
-                        scat_path.exists())
+            if need_scattering:
+                timings.run(f"scatter {split}",
+                            lambda: run_sharded("scatter", [str(sims_path)] + _cli_flags(cfg["scatter"]),
+                                                scat_path, config.n_maps, workers, progress),
+                            scat_path.exists())
         else:
             timings.run(f"simulate {split}", lambda: simulate(sims_path, config, progress=progress),
                         sims_path.exists())
-            timings.run(f"scatter {split}",
-                        lambda: scatter(sims_path, scat_path, progress=progress, **cfg["scatter"]),
-                        scat_path.exists())
+            if need_scattering:
+                timings.run(f"scatter {split}",
+                            lambda: scatter(sims_path, scat_path, progress=progress, **cfg["scatter"]),
+                            scat_path.exists())
         files[split] = {"sims": sims_path, "scattering": scat_path}
 
     rows = []
-    for model, settings in cfg["models"].items():
+    for model in models:
+        settings = cfg["models"][model]
         data_kind = "scattering" if model == "hybrid" else "sims"
         run_dir = out / "runs" / model
         train_config = TrainConfig(data=str(files["train"][data_kind]), model=model, **settings)
@@ -209,38 +230,66 @@ def results_table(cfg: dict, rows: list[tuple[str, dict]], timings: dict) -> str
     return "\n".join(lines)
 
 
-def run_scan(config_path: str | Path, device: str = "auto", progress: bool = True) -> Path:
+def choose_fnl(results: dict[float, dict], method: str, accuracy: float) -> float | None:
+    """The smallest scanned f_NL at which ``method`` reaches ``accuracy`` on the test set.
+
+    This is the rule that picks the paper pipeline's f_NL: it looks at a classical
+    baseline only, never at the networks, so the choice cannot be tuned to their result.
+    None when no scanned value reaches it.
+    """
+    reached = [fnl for fnl, res in sorted(results.items())
+               if method in res and res[method]["accuracy"] >= accuracy]
+    return reached[0] if reached else None
+
+
+def run_scan(config_path: str | Path, device: str = "auto", progress: bool = True,
+             only: list[str] | None = None) -> Path:
     """Run the experiment of ``config_path`` once per value of its ``fnl_values``.
 
     Each value gets its own sub-folder ``<out>/fnl_<value>`` (resumable like the
-    pipeline); accuracies are collected into ``<out>/fnl_scan.md`` and ``fnl_scan.png``.
+    pipeline); accuracies are collected into ``<out>/fnl_scan.md`` and ``fnl_scan.png``,
+    with the f_NL that the config's ``choose_fnl`` rule picks (:func:`choose_fnl`).
     """
     cfg = load_config(config_path)
     if "fnl_values" not in cfg:
         raise CmbscatError(f"{config_path} has no fnl_values list to scan")
+    models = select_models(cfg, only)
     out = Path(cfg["out"])
     results = {}
     for fnl in cfg["fnl_values"]:
         sub = {**cfg, "out": str(out / f"fnl_{fnl:g}"), "table": str(out / f"fnl_{fnl:g}" / "table.md"),
                "simulate": {**cfg["simulate"], "fnl": fnl}, "config_name": str(config_path)}
+        sub.pop("fnl_values")
+        sub.pop("choose_fnl", None)
         sub_path = out / f"fnl_{fnl:g}" / "config.json"
         sub_path.parent.mkdir(parents=True, exist_ok=True)
         sub_path.write_text(json.dumps(sub, indent=2))
         click.echo(f"== f_NL {fnl:g}", err=True)
-        run_pipeline(sub_path, device, progress)
-        results[fnl] = {m: json.loads((Path(sub["out"]) / "runs" / m / "metrics.json").read_text())
-                        for m in cfg["models"]}
+        run_pipeline(sub_path, device, progress, only=models)
+        # every model finished so far at this f_NL, also those of an earlier --models run
+        results[fnl] = {m: json.loads(path.read_text()) for m in cfg["models"]
+                        if (path := Path(sub["out"]) / "runs" / m / "metrics.json").exists()}
     table = out / "fnl_scan.md"
-    models = list(cfg["models"])
-    lines = [f"# Accuracy against f_NL ({cfg['simulate']['n_test']} test maps, lmax "
-             f"{cfg['simulate']['lmax']})", "",
-             "| f_NL | " + " | ".join(METHOD_NAMES[m] for m in models) + " |",
-             "|---|" + "---|" * len(models)]
+    shown = [m for m in cfg["models"] if any(m in res for res in results.values())]
+    sim = cfg["simulate"]
+    lines = [f"# Accuracy against f_NL at lmax {sim['lmax']}", "",
+             f"{sim['n_train']} training and {sim['n_test']} test maps per f_NL (half non-Gaussian); "
+             f"generated by `cmbscat pipeline {config_path} --scan`.", "",
+             "| f_NL | " + " | ".join(METHOD_NAMES[m] for m in shown) + " |",
+             "|---|" + "---|" * len(shown)]
     for fnl, res in results.items():
-        cells = [f"{100 * res[m]['accuracy']:.1f} ± {100 * res[m]['accuracy_se']:.1f} %" for m in models]
+        cells = [f"{100 * res[m]['accuracy']:.1f} ± {100 * res[m]['accuracy_se']:.1f} %"
+                 if m in res else "—" for m in shown]
         lines.append(f"| {fnl:g} | " + " | ".join(cells) + " |")
+    rule = cfg.get("choose_fnl")
+    if rule:
+        chosen = choose_fnl(results, rule["method"], rule["accuracy"])
+        lines += ["", f"Rule for the paper pipeline's f_NL (fixed before the scan was run): the "
+                      f"smallest scanned f_NL at which the {METHOD_NAMES[rule['method']]} baseline "
+                      f"reaches {100 * rule['accuracy']:g} % test accuracy: "
+                      + (f"**f_NL = {chosen:g}**." if chosen is not None else "no scanned value does.")]
     table.write_text("\n".join(lines) + "\n")
-    _plot_scan(out / "fnl_scan.png", results, models)
+    _plot_scan(out / "fnl_scan.png", results, shown)
     click.echo(table.read_text(), err=True)
     return table
 
@@ -254,9 +303,10 @@ def _plot_scan(path: Path, results: dict, models: list[str]) -> None:
     fnls = sorted(results)
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in models:
-        acc = [100 * results[f][m]["accuracy"] for f in fnls]
-        err = [100 * results[f][m]["accuracy_se"] for f in fnls]
-        ax.errorbar(fnls, acc, yerr=err, marker="o", capsize=3, label=METHOD_NAMES[m])
+        have = [f for f in fnls if m in results[f]]
+        acc = [100 * results[f][m]["accuracy"] for f in have]
+        err = [100 * results[f][m]["accuracy_se"] for f in have]
+        ax.errorbar(have, acc, yerr=err, marker="o", capsize=3, label=METHOD_NAMES[m])
     ax.axhline(50, color="k", ls=":", lw=1)
     ax.set_xscale("log")
     ax.set_xlabel("f_NL (Sachs-Wolfe toy model)")

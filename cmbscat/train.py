@@ -51,6 +51,7 @@ class TrainConfig:
     seed: int = 0
     baseline_nside: int = 64
     baseline_lmax: int = 127
+    patience: int = 0
 
     def validate(self) -> None:
         if self.model not in MODELS:
@@ -61,6 +62,8 @@ class TrainConfig:
             raise CmbscatError(f"--batch-size must be >= 2 (batch normalisation), got {self.batch_size}")
         if not self.lr > 0:
             raise CmbscatError(f"--lr must be > 0, got {self.lr}")
+        if self.patience < 0:
+            raise CmbscatError(f"--patience must be >= 0 (0: never stop early), got {self.patience}")
         if not 0 < self.val_fraction < 1:
             raise CmbscatError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
 
@@ -149,7 +152,8 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig) -> bool:
     if run_dir.exists() and not run_dir.is_dir():
         raise CmbscatError(f"{run_dir} exists and is not a folder")
     if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
+        # settings added since the run was made count as their defaults
+        old = {**asdict(TrainConfig(data=config.data)), **json.loads(cfg_path.read_text())}
         if old != asdict(config):
             diffs = [f"{k} {old.get(k)!r} != {v!r}" for k, v in asdict(config).items() if old.get(k) != v]
             raise CmbscatError(f"{run_dir} holds a run with other settings ({', '.join(diffs[:3])}); "
@@ -233,6 +237,14 @@ def standardisation(kind: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             np.broadcast_to(np.where(std > 0, std, 1.0), shape).astype(np.float32))
 
 
+def _stop_early(history: list[dict], patience: int) -> bool:
+    """True when the validation loss has not improved for ``patience`` epochs (0: never)."""
+    if patience == 0 or not history:
+        return False
+    best_epoch = min(history, key=lambda h: h["val_loss"])["epoch"]
+    return history[-1]["epoch"] - best_epoch >= patience
+
+
 def _train_network(run_dir: Path, config: TrainConfig, device: str, progress: bool) -> dict:
     import torch
     import torch.nn.functional as F
@@ -290,6 +302,8 @@ def _train_network(run_dir: Path, config: TrainConfig, device: str, progress: bo
     bar = tqdm(range(start_epoch, config.epochs), desc=f"train {config.model}", unit="epoch",
                disable=not progress, initial=start_epoch, total=config.epochs)
     for epoch in bar:
+        if _stop_early(history, config.patience):
+            break  # also on resume: the decision depends on the saved history alone
         t0 = time.time()
         generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
         train_loss, train_acc = run_epoch(train_idx, True, generator)
@@ -310,9 +324,11 @@ def _train_network(run_dir: Path, config: TrainConfig, device: str, progress: bo
                             "best_loss": best_loss, "epoch": epoch + 1,
                             "torch_rng": torch.get_rng_state()}, last_path)
         _write_history(run_dir, history)
+    bar.close()
     plot_curves(run_dir, history)
     best = min(history, key=lambda h: h["val_loss"])
-    return {"model": config.model, "device": device, "n_train": int(train_idx.size),
+    return {"stopped_early": len(history) < config.epochs, "epochs_run": len(history),
+            "model": config.model, "device": device, "n_train": int(train_idx.size),
             "n_val": int(val_idx.size), "best_epoch": best["epoch"],
             "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],
             "n_parameters": sum(p.numel() for p in model.parameters()),

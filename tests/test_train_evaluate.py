@@ -115,3 +115,13 @@ def test_network_training_resumes_where_it_stopped(sims, tmp_path, monkeypatch):
 
     scores = evaluate(tmp_path / "resumed", sims["test"], progress=False)
     assert scores["n"] == 80 and 0 <= scores["accuracy"] <= 1
+
+
+def test_early_stopping_counts_epochs_since_the_best_validation_loss():
+    from cmbscat.train import _stop_early
+
+    history = [{"epoch": e + 1, "val_loss": v} for e, v in enumerate([0.7, 0.5, 0.6, 0.55])]
+    assert not _stop_early(history, 0)  # 0: never
+    assert not _stop_early(history, 3)  # two epochs since the best (epoch 2)
+    assert _stop_early(history, 2)
+    assert not _stop_early([], 1)
