@@ -1,7 +1,7 @@
 """DISCO convolutions on HEALPix: equivariance, scaling, and torch-harmonics side by side.
 
     python benchmarks/disco.py                       # everything (a few minutes on 2 cores)
-    python benchmarks/disco.py --part equivariance   # or: scaling, torch-harmonics
+    python benchmarks/disco.py --part equivariance   # or: scaling, build, torch-harmonics
 
 Every figure printed is measured in this run; nothing is hard-coded. Timings are
 medians of ``--repeats`` runs after one warm-up, with ``--threads`` torch threads
@@ -95,6 +95,78 @@ def equivariance_part(nsides, rotations: int) -> None:
         mean, std = equivariance_error(layer, n_in, n_out, lmax=lmax, lmax_out=lmax_out, n_rotations=rotations)
         rows.append([name, str(n_in), str(n_out), str(lmax), f"{mean:.2e} ± {std:.1e}"])
     table(["layer", "nside_in", "nside_out", "lmax", "equivariance error"], rows)
+
+
+# ----------------------------------------------------------------------- build
+
+
+def _moment_corrected_lapack(row, val, k, theta, bearing, moments, degree, n_rows, rcond=1e-8, max_l1=disco.MAX_L1):
+    """The build's moment correction as first written, for comparison: (n_rows, J, J) Gram
+    arrays from 21 bincounts, solved by one batched ``numpy.linalg.inv`` (LAPACK per matrix)."""
+    m = disco._monomials(theta, bearing, degree)
+    n_mono = m.shape[1]
+    gram = np.zeros((n_rows, n_mono, n_mono))
+    for a in range(n_mono):
+        for b in range(a, n_mono):
+            gram[:, a, b] = gram[:, b, a] = np.bincount(row, weights=val * m[:, a] * m[:, b], minlength=n_rows)
+    target = np.zeros((n_rows, n_mono))
+    row_basis = np.zeros(n_rows, dtype=np.int64)
+    row_basis[row] = k
+    target[:] = moments[row_basis]
+    # Solve with the Gram matrix scaled to unit diagonal and a tiny ridge; rows where
+    # the system is near-singular give huge weights and are caught by the guard below.
+    diag = np.sqrt(np.clip(np.einsum("rjj->rj", gram), 1e-300, None))
+    unit = gram / diag[:, :, None] / diag[:, None, :] + rcond * np.eye(n_mono)
+    good = np.all(np.isfinite(unit), axis=(1, 2)) & (diag[:, 0] > 0)
+    coef = np.zeros((n_rows, n_mono))
+    rhs = target[good] / diag[good]
+    regularised = unit[good]
+    exact = regularised - rcond * np.eye(n_mono)
+    # One batched inverse serves the solve and both refinement steps (the matrices do not change).
+    inverse = np.linalg.inv(regularised)
+    del regularised
+    scaled = np.einsum("rij,rj->ri", inverse, rhs)
+    for _ in range(2):  # iterative refinement removes the ridge's bias on well-conditioned rows
+        scaled += np.einsum("rij,rj->ri", inverse, rhs - np.einsum("rij,rj->ri", exact, scaled))
+    # Rows where the (near-singular) system could not meet the moments fall back below.
+    residual = np.abs(np.einsum("rij,rj->ri", exact, scaled) - rhs).max(axis=1)
+    scaled[residual > 1e-10 * np.abs(rhs).max(axis=1)] = np.nan
+    coef[good] = scaled / diag[good]
+    good &= np.all(np.isfinite(coef), axis=1)
+    coef[~good] = 0.0
+    corrected = val * np.einsum("ij,ij->i", coef[row], m)
+    # Guard: a correction that needs large negative weights (total variation > max_l1
+    # times the integral) amplifies pixel noise more than it removes quadrature bias.
+    l1 = np.bincount(row, weights=np.abs(corrected), minlength=n_rows)
+    good &= l1 <= max_l1
+    fallback = ~good[row]
+    corrected[fallback] = disco._nodal(row, val, n_rows)[fallback]
+    return corrected
+
+
+def build_part(nside: int, kernel_shapes=(3, (3, 4))) -> None:
+    """Fresh build time of the sparse DISCO tensor, library vs the batched-LAPACK reference."""
+    print(f"## Build of the sparse tensor at nside {nside} (fresh, no cache)\n")
+    library = disco._moment_corrected
+    rows = []
+    for kernel_shape in kernel_shapes:
+        geometry = DiscoGeometry(nside, nside, kernel_shape, default_theta_cutoff(nside, nside), "moment2")
+        times, matrices = {}, {}
+        for name, solver in (("batched LAPACK (reference)", _moment_corrected_lapack), ("library", library)):
+            disco._moment_corrected = solver
+            try:
+                t0 = time.perf_counter()
+                matrices[name] = disco.build_disco_matrix(geometry)
+                times[name] = time.perf_counter() - t0
+            finally:
+                disco._moment_corrected = library
+        ref, new = matrices.values()
+        diff = abs(ref - new).max() / abs(ref).max()
+        t_ref, t_new = times.values()
+        rows.append([str(kernel_shape), f"{new.nnz / hp.nside2npix(nside):.1f}", f"{t_ref:.1f}",
+                     f"{t_new:.1f}", f"{t_new / t_ref:.2f}", f"{diff:.1e}"])
+    table(["kernel_shape", "nnz/pix", "reference s", "library s", "ratio", "max rel. difference"], rows)
+    print()
 
 
 # --------------------------------------------------------------------- scaling
@@ -246,9 +318,10 @@ def torch_harmonics_part(nsides, rotations: int, repeats: int, batch: int = 4, c
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["all", "equivariance", "scaling", "torch-harmonics"], default="all")
+    parser.add_argument("--part", choices=["all", "equivariance", "scaling", "build", "torch-harmonics"], default="all")
     parser.add_argument("--rotations", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--build-nside", type=int, default=256, help="nside of the build part")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -259,6 +332,8 @@ def main() -> None:
         equivariance_part((32, 64, 128), args.rotations)
     if args.part in ("all", "scaling"):
         scaling_part((32, 64, 128, 256), args.repeats)
+    if args.part in ("all", "build"):
+        build_part(args.build_nside)
     if args.part in ("all", "torch-harmonics"):
         torch_harmonics_part((32, 64), args.rotations, args.repeats)
     print(f"total {time.perf_counter() - t0:.0f} s")
