@@ -21,14 +21,12 @@ import time
 
 import healpy as hp
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from cmbscat.datasets import read_labels
 from cmbscat.features import one_point_statistics
 from cmbscat.metrics import classification_metrics
 from cmbscat.scatter_stage import open_source
+from cmbscat.train import classical_classifier
 
 
 def features(path: str, lmax_cut: int, nside: int) -> np.ndarray:
@@ -56,7 +54,7 @@ def main() -> None:
         nside = max(8, 1 << int(np.ceil(np.log2((lmax_cut + 1) / 2))))
         t0 = time.perf_counter()
         x_train, x_test = features(args.train, lmax_cut, nside), features(args.test, lmax_cut, nside)
-        classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+        classifier = classical_classifier()
         classifier.fit(x_train, y_train)
         m = classification_metrics(y_test, classifier.predict_proba(x_test)[:, 1])
         print(f"| {lmax_cut} | {nside} | {100 * m['accuracy']:.1f} ± {100 * m['accuracy_se']:.1f} % "

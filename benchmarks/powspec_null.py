@@ -22,14 +22,11 @@ import argparse
 
 import numpy as np
 from scipy import stats
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from cmbscat.datasets import classical_features, read_labels
 from cmbscat.metrics import classification_metrics
-from cmbscat.train import split_indices
+from cmbscat.train import classical_classifier, split_indices
 
 
 def main() -> None:
@@ -56,7 +53,7 @@ def main() -> None:
     accuracies = []
     for seed in range(args.splits):
         train_idx, _ = split_indices(y_train, 0.2, seed)
-        classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+        classifier = classical_classifier()
         classifier.fit(x_train[train_idx], y_train[train_idx])
         m = classification_metrics(y_test, classifier.predict_proba(x_test)[:, 1])
         accuracies.append(m["accuracy"])
@@ -66,7 +63,7 @@ def main() -> None:
     print(f"mean {acc.mean():.1f} %, standard deviation {acc.std(ddof=1):.1f} points; "
           f"binomial standard error of one score at 50 %: {100 * np.sqrt(0.25 / y_test.size):.1f} points")
 
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    classifier = classical_classifier()
     folds = StratifiedKFold(10, shuffle=True, random_state=0)
     scores = cross_val_predict(classifier, x, y, cv=folds, method="predict_proba")[:, 1]
     m = classification_metrics(y, scores)

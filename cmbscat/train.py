@@ -193,17 +193,22 @@ def train(run_dir: str | Path, config: TrainConfig, device: str = "auto",
     return summary
 
 
-def _train_classical(run_dir: Path, config: TrainConfig, progress: bool) -> dict:
+def classical_classifier():
+    """The classical baselines' classifier: standardised features, logistic regression (unfitted)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+
+
+def _train_classical(run_dir: Path, config: TrainConfig, progress: bool) -> dict:
     from cmbscat.datasets import read_labels
 
     x, _ = model_inputs(config.model, config.data, progress=progress)
     labels = read_labels(config.data)
     train_idx, val_idx = split_indices(labels, config.val_fraction, config.seed)
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    classifier = classical_classifier()
     classifier.fit(x[train_idx], labels[train_idx])
     with open(run_dir / "model.pkl.tmp", "wb") as f:
         pickle.dump({"kind": config.model, "classifier": classifier, "meta": {}}, f)
