@@ -22,21 +22,16 @@ import time
 import healpy as hp
 import numpy as np
 
-from cmbscat.datasets import read_labels
+from cmbscat.datasets import iter_alm, read_labels
 from cmbscat.features import one_point_statistics
 from cmbscat.metrics import classification_metrics
-from cmbscat.scatter_stage import open_source
 from cmbscat.train import classical_classifier
 
 
 def features(path: str, lmax_cut: int, nside: int) -> np.ndarray:
     """(N, 2) skewness and excess kurtosis of each map of ``path`` cut at ``lmax_cut``."""
-    import h5py
-
-    source = open_source(path)
-    with h5py.File(path, "r") as f:
-        return np.array([one_point_statistics(hp.alm2map(source.alm(i, lmax_cut, f), nside, lmax=lmax_cut))
-                         for i in range(source.n_maps)])
+    return np.array([one_point_statistics(hp.alm2map(alm, nside, lmax=lmax_cut))
+                     for alm in iter_alm(path, lmax_cut)])
 
 
 def main() -> None:

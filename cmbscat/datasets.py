@@ -53,7 +53,7 @@ def scattering_inputs(path: str | Path) -> tuple[np.ndarray, dict]:
     return coeffs, meta
 
 
-def _iter_alm(path: str | Path, lmax: int):
+def iter_alm(path: str | Path, lmax: int):
     """Yield each map's a_lm (complex128) at band limit ``lmax``, as ``cmbscat scatter`` reads them:
     /alm truncated when stored, else /maps analysed with map2alm (see :class:`Source`)."""
     source = open_source(path)
@@ -73,7 +73,7 @@ def lowres_maps(path: str | Path, nside: int, lmax: int, progress: bool = True) 
     require_kind(path, "sims", "the low-resolution baseline")
     n = read_labels(path).size
     out = np.empty((n, 1, hp.nside2npix(nside)), np.float32)
-    for i, alm in enumerate(tqdm(_iter_alm(path, lmax), total=n, desc="low-res maps",
+    for i, alm in enumerate(tqdm(iter_alm(path, lmax), total=n, desc="low-res maps",
                                  disable=not progress)):
         out[i, 0] = hp.alm2map(alm, nside, lmax=lmax)
     return out
@@ -91,7 +91,7 @@ def classical_features(path: str | Path, kind: str, progress: bool = True) -> np
         rows = []
         if kind == "powspec":
             edges = power_spectrum_bins(lmax)
-            for alm in tqdm(_iter_alm(path, lmax), total=n, desc="power spectra", disable=not progress):
+            for alm in tqdm(iter_alm(path, lmax), total=n, desc="power spectra", disable=not progress):
                 rows.append(binned_power_spectrum(alm, lmax, edges))
         elif kind == "onepoint":
             for i in tqdm(range(n), desc="one-point statistics", disable=not progress):
