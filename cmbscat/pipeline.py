@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import click
@@ -156,21 +157,16 @@ def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool =
         if workers > 1:
             sim_flags = _cli_flags({"n_maps": config.n_maps, "nside": config.nside, "lmax": config.lmax,
                                     "fnl": config.fnl, "seed": config.seed, "store": config.store})
-            timings.run(f"simulate {split}",
-                        lambda: run_sharded("simulate", sim_flags, sims_path, config.n_maps, workers,
-                                            progress), sims_path.exists())
-            if need_scattering:
-                timings.run(f"scatter {split}",
-                            lambda: run_sharded("scatter", [str(sims_path)] + _cli_flags(cfg["scatter"]),
-                                                scat_path, config.n_maps, workers, progress),
-                            scat_path.exists())
+            run_simulate = partial(run_sharded, "simulate", sim_flags, sims_path, config.n_maps, workers,
+                                   progress)
+            run_scatter = partial(run_sharded, "scatter", [str(sims_path)] + _cli_flags(cfg["scatter"]),
+                                  scat_path, config.n_maps, workers, progress)
         else:
-            timings.run(f"simulate {split}", lambda: simulate(sims_path, config, progress=progress),
-                        sims_path.exists())
-            if need_scattering:
-                timings.run(f"scatter {split}",
-                            lambda: scatter(sims_path, scat_path, progress=progress, **cfg["scatter"]),
-                            scat_path.exists())
+            run_simulate = partial(simulate, sims_path, config, progress=progress)
+            run_scatter = partial(scatter, sims_path, scat_path, progress=progress, **cfg["scatter"])
+        timings.run(f"simulate {split}", run_simulate, sims_path.exists())
+        if need_scattering:
+            timings.run(f"scatter {split}", run_scatter, scat_path.exists())
         files[split] = {"sims": sims_path, "scattering": scat_path}
 
     rows = []
