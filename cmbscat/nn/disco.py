@@ -354,7 +354,7 @@ def _moment_corrected(row, val, k, theta, bearing, moments, degree, n_rows, rcon
             e = (exps[a][0] + exps[b][0], exps[a][1] + exps[b][1])
             if e not in sums:
                 sums[e] = np.bincount(row, weights=val * x_pow[e[0]] * y_pow[e[1]], minlength=n_rows)
-    del x_pow, y_pow
+    del x_pow[degree + 1:], y_pow[degree + 1:]  # the powers the monomials need are kept below
     row_basis = np.zeros(n_rows, dtype=np.int64)
     row_basis[row] = k
     # Scale to unit diagonal and add a tiny ridge; near-singular rows give huge or NaN
@@ -382,7 +382,7 @@ def _moment_corrected(row, val, k, theta, bearing, moments, degree, n_rows, rcon
     coef = [np.where(good, s / d, 0.0) for s, d in zip(scaled, safe)]
     corrected = coef[0][row] * val
     for (p, q), c in zip(exps[1:], coef[1:]):
-        corrected += c[row] * val * (x ** p) * (y ** q)
+        corrected += c[row] * val * x_pow[p] * y_pow[q]
     # Guard: a correction that needs large negative weights (total variation > max_l1
     # times the integral) amplifies pixel noise more than it removes quadrature bias.
     l1 = np.bincount(row, weights=np.abs(corrected), minlength=n_rows)
