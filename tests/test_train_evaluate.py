@@ -68,6 +68,7 @@ def test_run_folder_with_other_settings_is_refused(sims, tmp_path):
     (["--epochs", "0"], "--epochs"),
     (["--batch-size", "1"], "--batch-size"),
     (["--val-fraction", "1.5"], "--val-fraction"),
+    (["--patience", "-1"], "--patience"),
 ])
 def test_bad_training_options_are_refused(sims, tmp_path, args, fragment):
     assert_one_line_error(run_cli("train", sims["train"], tmp_path / "r", "--model", "baseline", *args),
