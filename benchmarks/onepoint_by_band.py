@@ -25,6 +25,7 @@ import numpy as np
 from cmbscat.datasets import iter_alm, read_labels
 from cmbscat.features import one_point_statistics
 from cmbscat.metrics import classification_metrics
+from cmbscat.scattering import nside_for_band
 from cmbscat.train import classical_classifier
 
 
@@ -46,7 +47,7 @@ def main() -> None:
     print("| lmax cut | nside | test accuracy | AUC | seconds |")
     print("|---|---|---|---|---|")
     for lmax_cut in args.lmax:
-        nside = max(8, 1 << int(np.ceil(np.log2((lmax_cut + 1) / 2))))
+        nside = max(8, nside_for_band(lmax_cut))
         t0 = time.perf_counter()
         x_train, x_test = features(args.train, lmax_cut, nside), features(args.test, lmax_cut, nside)
         classifier = classical_classifier()
