@@ -26,7 +26,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from cmbscat.datasets import classical_features, read_labels
 from cmbscat.metrics import classification_metrics
-from cmbscat.train import classical_classifier, split_indices
+from cmbscat.train import TrainConfig, classical_classifier, split_indices
 
 
 def main() -> None:
@@ -52,7 +52,7 @@ def main() -> None:
 
     accuracies = []
     for seed in range(args.splits):
-        train_idx, _ = split_indices(y_train, 0.2, seed)
+        train_idx, _ = split_indices(y_train, TrainConfig.val_fraction, seed)  # the pipeline's split
         classifier = classical_classifier()
         classifier.fit(x_train[train_idx], y_train[train_idx])
         m = classification_metrics(y_test, classifier.predict_proba(x_test)[:, 1])
