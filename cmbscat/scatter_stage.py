@@ -8,7 +8,7 @@ Reads a sims file (DESIGN.md layout: ``/alm`` and/or ``/maps``, ``/labels``,
     /seeds   int64 (N,)                copied (-1 for a FITS map)
     /paths   int64 (C, depth)          scale index j of each step of each channel's path, -1 padded
     attrs    kind="scattering", lmax, lam, J0, depth, nside_out, lmax_out, oversample,
-             map2alm_iter, source ("<name> sha256:<hex>"), input ("alm" | "maps" | "fits"),
+             map2alm_iter, source ("<name> content-sha256:<hex>"), input ("alm" | "maps" | "fits"),
              cmbscat_version, unit, ordering, channel_names, ...
 
 Maps are processed one at a time (memory independent of N), each finished map is
@@ -29,7 +29,7 @@ from tqdm import tqdm
 from cmbscat import __version__
 from cmbscat.errors import CmbscatError
 from cmbscat.scattering import DEFAULT_ITER, DEFAULT_OVERSAMPLE, Scattering, default_J0, resize_alm
-from cmbscat.store import ItemWriter, Shard, file_sha256
+from cmbscat.store import ItemWriter, Shard, content_hash, file_sha256
 from cmbscat.wavelets import n_scales
 
 INPUT_MAP2ALM_ITER = 3  # maps given as input (no /alm): map2alm iterations, ~4e-7 relative error
@@ -110,18 +110,26 @@ def open_source(path: str | Path) -> Source:
     raise CmbscatError(f"{path} is neither a cmbscat sims file (HDF5) nor a HEALPix FITS map")
 
 
-def scatter(in_path: str | Path, out_path: str | Path, depth: int = 2, J0: int | None = None,
-            lam: float = 2.0, lmax: int | None = None, oversample: float = DEFAULT_OVERSAMPLE,
-            iter: int = DEFAULT_ITER, min_nside: int | None = None, shard: Shard | None = None,
-            progress: bool = True) -> int:
-    """Write (or resume, or find complete) the scattering file ``out_path`` of ``in_path``.
+@dataclass
+class ScatterPlan:
+    """A validated scatter run: its source, its transform and the parameters its output records."""
 
-    lmax : band-limit of the transform; default the source's (sims: its ``lmax``
-        attribute; FITS: 3 nside - 1); larger values are refused.
-    J0 : default :func:`cmbscat.scattering.default_J0` (5 for lam = 2: nside_out 16).
-    Other parameters: see :class:`cmbscat.scattering.Scattering`.
+    source: Source
+    transform: Scattering
+    params: dict  # without the shard; see :meth:`shard_params`
 
-    Returns the number of maps computed by this call (0 if the file was complete).
+    def shard_params(self, shard: Shard | None) -> dict:
+        return {**self.params, "shard": str(shard) if shard else None}
+
+
+def scatter_plan(in_path: str | Path, depth: int = 2, J0: int | None = None, lam: float = 2.0,
+                 lmax: int | None = None, oversample: float = DEFAULT_OVERSAMPLE,
+                 iter: int = DEFAULT_ITER, min_nside: int | None = None) -> ScatterPlan:
+    """Check the options against the input ``in_path`` and build the transform (see :func:`scatter`).
+
+    The plan's ``params`` record the input's content hash (:func:`cmbscat.store.content_hash`:
+    a cmbscat sims file's ``content_sha256``; the bytes of a FITS map), so an output made
+    from other input data is never taken for current.
     """
     if depth not in (1, 2, 3):
         raise CmbscatError(f"--depth must be 1, 2 or 3, got {depth}")
@@ -148,16 +156,33 @@ def scatter(in_path: str | Path, out_path: str | Path, depth: int = 2, J0: int |
     sc = Scattering(lmax, nside=source.nside, depth=depth, J0=J0, lam=lam,
                     oversample=oversample, iter=iter, input_iter=INPUT_MAP2ALM_ITER,
                     min_nside=min_nside)
-
-    n = source.n_maps
-    start, stop = shard.bounds(n) if shard else (0, n)
-    digest = file_sha256(source.path)
-    params = {"stage": "scatter", "source_name": source.path.name, "source_sha256": digest,
+    digest = content_hash(source.path) if source.kind == "sims" else file_sha256(source.path)
+    params = {"stage": "scatter", "source_name": source.path.name, "source_content_sha256": digest,
               "input": source.dataset, "lmax": lmax, "lam": float(lam), "J0": J0, "depth": depth,
               "oversample": float(oversample), "min_nside": sc.min_nside, "map2alm_iter": iter,
-              "input_map2alm_iter": INPUT_MAP2ALM_ITER, "n_maps": n,
-              "shard": str(shard) if shard else None}
-    writer = ItemWriter(out_path, params, start, stop)
+              "input_map2alm_iter": INPUT_MAP2ALM_ITER, "n_maps": source.n_maps}
+    return ScatterPlan(source, sc, params)
+
+
+def scatter(in_path: str | Path, out_path: str | Path, depth: int = 2, J0: int | None = None,
+            lam: float = 2.0, lmax: int | None = None, oversample: float = DEFAULT_OVERSAMPLE,
+            iter: int = DEFAULT_ITER, min_nside: int | None = None, shard: Shard | None = None,
+            progress: bool = True) -> int:
+    """Write (or resume, or find complete) the scattering file ``out_path`` of ``in_path``.
+
+    lmax : band-limit of the transform; default the source's (sims: its ``lmax``
+        attribute; FITS: 3 nside - 1); larger values are refused.
+    J0 : default :func:`cmbscat.scattering.default_J0` (5 for lam = 2: nside_out 16).
+    Other parameters: see :class:`cmbscat.scattering.Scattering`.
+
+    Returns the number of maps computed by this call (0 if the file was complete).
+    """
+    plan = scatter_plan(in_path, depth, J0, lam, lmax, oversample, iter, min_nside)
+    source, sc, params = plan.source, plan.transform, plan.params
+    lmax, J0, digest = params["lmax"], params["J0"], params["source_content_sha256"]
+    n = source.n_maps
+    start, stop = shard.bounds(n) if shard else (0, n)
+    writer = ItemWriter(out_path, plan.shard_params(shard), start, stop)
     if writer.complete:
         return 0
     todo = writer.pending()
@@ -175,7 +200,7 @@ def scatter(in_path: str | Path, out_path: str | Path, depth: int = 2, J0: int |
         "nside_out": sc.nside_out, "lmax_out": sc.lmax_out, "n_channels": sc.n_channels,
         "oversample": float(oversample), "min_nside": sc.min_nside, "map2alm_iter": iter,
         "input_map2alm_iter": INPUT_MAP2ALM_ITER, "input": source.dataset,
-        "source": f"{source.path.name} sha256:{digest}", "source_nside": source.nside,
+        "source": f"{source.path.name} content-sha256:{digest}", "source_nside": source.nside,
         "n_maps": n, "ordering": "RING", "unit": "uK (unit of the input map)",
         "normalisation": "raw S[p] = U[p] f * Phi, no log or per-channel scaling",
         "channel_names": [f"S[{','.join(map(str, p))}]" for p in sc.paths],

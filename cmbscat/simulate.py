@@ -37,6 +37,13 @@ class SimulationConfig:
     ng_model: str = "local"
     store: str = "both"
 
+    def __post_init__(self):
+        # one type per field, whatever the caller passed (a JSON config's 2000 is f_NL 2000.0)
+        for name, kind in (("n_maps", int), ("nside", int), ("lmax", int), ("fnl", float), ("seed", int)):
+            value = getattr(self, name)
+            if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+                object.__setattr__(self, name, kind(value))
+
     def validate(self) -> None:
         if self.n_maps < 2:
             raise CmbscatError(f"--n-maps must be at least 2 (one per class), got {self.n_maps}")
@@ -95,6 +102,15 @@ def simulate_sky(seed: int, label: int, nside: int, lmax: int, fnl: float,
     return SkySimulator(nside, lmax, fnl).sky(seed, label, store)
 
 
+def simulation_params(config: SimulationConfig, shard: Shard | None = None) -> dict:
+    """The parameters a sims file records (attribute ``cmbscat_params``): they define its content.
+
+    A combined file of shards records the same as an unsharded one (``shard`` None).
+    """
+    return {**asdict(config), "stage": "simulate", "shard": str(shard) if shard else None,
+            "cl_source": CL_SOURCE}
+
+
 def simulate(out_path: str | Path, config: SimulationConfig, shard: Shard | None = None,
              progress: bool = True) -> int:
     """Write (or resume, or find complete) the sims file ``out_path``.
@@ -106,9 +122,7 @@ def simulate(out_path: str | Path, config: SimulationConfig, shard: Shard | None
     """
     config.validate()
     start, stop = shard.bounds(config.n_maps) if shard else (0, config.n_maps)
-    params = {**asdict(config), "stage": "simulate", "shard": str(shard) if shard else None,
-              "cl_source": CL_SOURCE}
-    writer = ItemWriter(out_path, params, start, stop)
+    writer = ItemWriter(out_path, simulation_params(config, shard), start, stop)
     if writer.complete:
         return 0
     seeds, labels = map_seeds(config.seed, config.n_maps), map_labels(config.n_maps)

@@ -16,7 +16,12 @@ guarantees:
   assembled, one at a time.
 * Shards: a run may cover a slice ``[start, stop)`` of the items (``--shard K/N``);
   :func:`combine_shards` joins shard files into one HDF5 file of virtual
-  datasets, without copying data.
+  datasets, without copying data. Which datasets are per item is recorded in
+  the file (attribute ``per_item_datasets``), never guessed from shapes.
+* Content identity: every file records ``content_sha256``, a hash of its datasets'
+  names, dtypes, shapes and bytes (:func:`content_digest`; attributes excluded), so
+  a downstream stage can record exactly which input it was computed from, and a
+  sharded run gives the same hash as an unsharded one.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ import numpy as np
 from cmbscat.errors import CmbscatError
 
 PARAMS_ATTR = "cmbscat_params"  # JSON of the parameters that define the file's content
+CONTENT_ATTR = "content_sha256"  # hash of the datasets' content (content_digest)
+PER_ITEM_ATTR = "per_item_datasets"  # names of the datasets indexed by item along axis 0
+_HASH_BLOCK_BYTES = 1 << 26  # rows hashed per read: 64 MiB at most
 
 
 @dataclass(frozen=True)
@@ -83,10 +91,35 @@ def read_params(path: str | os.PathLike) -> dict | None:
     return None if text is None else json.loads(text)
 
 
-def _describe_difference(old: Mapping, new: Mapping) -> str:
-    keys = sorted(set(old) | set(new))
-    diffs = [f"{k} {old.get(k)!r} != {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+def differing_keys(old: Mapping, new: Mapping, defaults: Mapping | None = None) -> list[str]:
+    """Keys whose values differ between two parameter records (sorted).
+
+    Values are compared after a JSON round trip, so 2000 and 2000.0 are equal while
+    2000 and "2000" are not. A key missing from ``old`` whose ``new`` value equals
+    ``defaults[key]`` does not count: settings added to a stage since ``old`` was
+    written count as their defaults.
+    """
+    defaults = defaults or {}
+    old, new = _json_round_trip(old), _json_round_trip(new)
+    defaults = _json_round_trip(defaults)
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key not in old and key in defaults and new.get(key) == defaults[key]:
+            continue
+        if key not in old or key not in new or old[key] != new[key]:
+            out.append(key)
+    return out
+
+
+def _json_round_trip(params: Mapping) -> dict:
+    return json.loads(canonical_params(params))
+
+
+def describe_difference(old: Mapping, new: Mapping, defaults: Mapping | None = None) -> str:
+    """``"fnl 3000.0 != 0.0, n_maps 20 != 30"``: the first three differing keys, old then new."""
+    diffs = [f"{k} {old.get(k)!r} != {new.get(k)!r}" for k in differing_keys(old, new, defaults)]
     return ", ".join(diffs[:3]) + (", ..." if len(diffs) > 3 else "")
+
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
@@ -98,6 +131,61 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
     return digest.hexdigest()
 
 
+def _dataset_header(name: str, dtype: np.dtype, shape: tuple) -> bytes:
+    return f"{name}\0{np.dtype(dtype).str}\0{tuple(int(n) for n in shape)}\0".encode()
+
+
+def _array_bytes(arr: np.ndarray) -> memoryview:
+    return memoryview(np.ascontiguousarray(arr)).cast("B")
+
+
+def _combine_digests(parts: Iterable[tuple[bytes, bytes]]) -> str:
+    """sha256 over (header, sha256 of the dataset's bytes) pairs in name order."""
+    total = hashlib.sha256()
+    for header, digest in sorted(parts):
+        total.update(header)
+        total.update(digest)
+    return total.hexdigest()
+
+
+def content_digest(f: h5py.File) -> str:
+    """Hash of every dataset of an open HDF5 file: names, dtypes, shapes and bytes (C order).
+
+    Attributes are excluded, so two files with the same data have the same digest
+    whatever their provenance attributes, sharding or chunking; virtual datasets
+    are read through. Reads at most ``_HASH_BLOCK_BYTES`` at a time.
+    """
+    parts = []
+
+    def visit(name, obj):
+        if not isinstance(obj, h5py.Dataset):
+            return
+        digest = hashlib.sha256()
+        if obj.shape is None or obj.ndim == 0:
+            digest.update(_array_bytes(np.asarray(obj[()])))
+        else:
+            row_bytes = max(1, obj.dtype.itemsize * int(np.prod(obj.shape[1:], dtype=np.int64)))
+            step = max(1, _HASH_BLOCK_BYTES // row_bytes)
+            for lo in range(0, obj.shape[0], step):
+                digest.update(_array_bytes(obj[lo:lo + step]))
+        parts.append((_dataset_header(name, obj.dtype, obj.shape or ()), digest.digest()))
+
+    f.visititems(visit)
+    return _combine_digests(parts)
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    """Content identity of an HDF5 file: its ``content_sha256`` attribute when it has one
+    (written by cmbscat at creation), else :func:`content_digest` computed now (a file
+    written by another program). One-line error for a file that is not readable HDF5."""
+    try:
+        with h5py.File(path, "r") as f:
+            recorded = f.attrs.get(CONTENT_ATTR)
+            return str(recorded) if recorded is not None else content_digest(f)
+    except OSError:
+        raise CmbscatError(f"{path} is not a readable HDF5 file") from None
+
+
 class ItemWriter:
     """Resumable writer of items ``start..stop-1`` of a run into the HDF5 file ``path``.
 
@@ -107,6 +195,8 @@ class ItemWriter:
     params : JSON-serialisable mapping that fully defines the content; stored as
         the attribute ``cmbscat_params`` and compared on every re-run.
     start, stop : item range written by this run (a shard, or ``0, n_items``).
+    defaults : values of parameters added to the stage after some files were
+        written: such a file, lacking the key, matches when ``params`` has the default.
 
     Usage::
 
@@ -117,9 +207,11 @@ class ItemWriter:
             writer.finalize(per_item={"labels": labels, "seeds": seeds}, attrs={...})
     """
 
-    def __init__(self, path: str | os.PathLike, params: Mapping, start: int, stop: int):
+    def __init__(self, path: str | os.PathLike, params: Mapping, start: int, stop: int,
+                 defaults: Mapping | None = None):
         self.path = Path(path)
         self.params = dict(params)
+        self.defaults = dict(defaults or {})
         self.start, self.stop = int(start), int(stop)
         self.partial_dir = self.path.with_name(self.path.name + ".partial")
         self._params_text = canonical_params(self.params)
@@ -139,9 +231,9 @@ class ItemWriter:
         if old is None:
             raise CmbscatError(f"{self.path} exists and was not written by this stage; "
                                "choose another output path")
-        if canonical_params(old) != self._params_text:
+        if differing_keys(old, self.params, self.defaults):
             raise CmbscatError(f"{self.path} exists and was written with different parameters "
-                               f"({_describe_difference(old, self.params)}); "
+                               f"({describe_difference(old, self.params, self.defaults)}); "
                                "delete it or choose another output path")
         return True
 
@@ -157,10 +249,10 @@ class ItemWriter:
             self.partial_dir.mkdir(exist_ok=True)
             if manifest.exists():
                 old = json.loads(manifest.read_text())
-                if canonical_params(old) != self._params_text:
+                if differing_keys(old, self.params, self.defaults):
                     raise CmbscatError(
                         f"an unfinished run at {self.partial_dir} used different parameters "
-                        f"({_describe_difference(old, self.params)}); re-run it with those, "
+                        f"({describe_difference(old, self.params, self.defaults)}); re-run it with those, "
                         "or delete that folder to start over")
             else:
                 atomic_write_text(manifest, self._params_text)
@@ -205,6 +297,7 @@ class ItemWriter:
             raise RuntimeError(f"{len(missing)} items are not computed yet (first: {missing[0]})")
         n = self.stop - self.start
         tmp = self.path.with_name(self.path.name + ".tmp")
+        per_item, whole = dict(per_item or {}), dict(whole or {})
         with h5py.File(tmp, "w") as f:
             first = self._load(self.start) if n else {}
             dsets = {
@@ -212,22 +305,43 @@ class ItemWriter:
                                        chunks=(1,) + arr.shape)
                 for name, arr in first.items()
             }
+            hashers = {name: hashlib.sha256() for name in dsets}
             for row, index in enumerate(range(self.start, self.stop)):
                 item = first if row == 0 else self._load(index)
                 for name, arr in item.items():
+                    arr = np.asarray(arr, dtype=dsets[name].dtype)
                     dsets[name][row] = arr
-            for name, arr in {**(per_item or {}), **(whole or {})}.items():
-                f.create_dataset(name, data=arr)
+                    hashers[name].update(_array_bytes(arr))
+            parts = [(_dataset_header(name, d.dtype, d.shape), hashers[name].digest())
+                     for name, d in dsets.items()]
+            for name, arr in {**per_item, **whole}.items():
+                d = f.create_dataset(name, data=arr)
+                parts.append((_dataset_header(name, d.dtype, d.shape),
+                              hashlib.sha256(_array_bytes(d[()])).digest()))
             for key, value in (attrs or {}).items():
                 f.attrs[key] = value
             f.attrs["item_start"] = self.start
             f.attrs["item_stop"] = self.stop
             f.attrs[PARAMS_ATTR] = self._params_text
+            f.attrs[PER_ITEM_ATTR] = sorted([*dsets, *per_item])
+            f.attrs[CONTENT_ATTR] = _combine_digests(parts)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
         shutil.rmtree(self.partial_dir, ignore_errors=True)
         self.complete = True
+
+    def discard(self) -> None:
+        """Remove the output and any unfinished run's saved items (to recompute from scratch)."""
+        remove_output(self.path)
+
+
+def remove_output(path: str | os.PathLike) -> None:
+    """Delete an item-writer output ``path``, its ``.partial`` folder and temporary file."""
+    path = Path(path)
+    for leftover in (path, path.with_name(path.name + ".tmp")):
+        leftover.unlink(missing_ok=True)
+    shutil.rmtree(path.with_name(path.name + ".partial"), ignore_errors=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -238,14 +352,19 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+_LEGACY_WHOLE_DATASETS = ("paths",)  # shard files from before per_item_datasets was recorded
+
+
 def combine_shards(out_path: str | os.PathLike, shard_paths: Iterable[str | os.PathLike],
                    shard_key: str = "shard") -> int:
     """Join shard files into ``out_path`` with HDF5 virtual datasets (no data copied).
 
     Each shard file must carry the attributes ``item_start``/``item_stop`` and the same
     parameters apart from ``shard_key``; together they must tile ``0..n_items-1``
-    without gap or overlap. Every dataset whose first axis has the shard's length is
-    concatenated; other datasets and the attributes are taken from the first shard.
+    without gap or overlap. The datasets each shard declares per item (attribute
+    ``per_item_datasets``) are concatenated; other datasets (e.g. ``/paths``) and the
+    attributes are taken from the first shard. Shard files written before that
+    attribute existed count every dataset except ``/paths`` as per item.
     Source paths are stored relative to ``out_path``'s folder, so the set of files
     can be moved together. Returns the number of items.
     """
@@ -256,7 +375,10 @@ def combine_shards(out_path: str | os.PathLike, shard_paths: Iterable[str | os.P
         try:
             with h5py.File(p, "r") as f:
                 params = json.loads(f.attrs[PARAMS_ATTR])
-                shards.append((int(f.attrs["item_start"]), int(f.attrs["item_stop"]), p, params))
+                declared = f.attrs.get(PER_ITEM_ATTR)
+                per_item = (set(map(str, declared)) if declared is not None
+                            else {k for k in f if k not in _LEGACY_WHOLE_DATASETS})
+                shards.append((int(f.attrs["item_start"]), int(f.attrs["item_stop"]), p, params, per_item))
         except (OSError, KeyError):
             raise CmbscatError(f"{p} is not a finished cmbscat shard file") from None
     if not shards:
@@ -264,7 +386,9 @@ def combine_shards(out_path: str | os.PathLike, shard_paths: Iterable[str | os.P
     shards.sort(key=lambda s: s[0])
     common = {k: v for k, v in shards[0][3].items() if k != shard_key}
     expected_start = 0
-    for start, stop, p, params in shards:
+    for start, stop, p, params, per_item in shards:
+        if per_item != shards[0][4]:
+            raise CmbscatError(f"{p} declares other per-item datasets than {shards[0][2]}")
         if {k: v for k, v in params.items() if k != shard_key} != common:
             raise CmbscatError(f"{p} was written with different parameters from {shards[0][2]}")
         if start != expected_start:
@@ -277,13 +401,13 @@ def combine_shards(out_path: str | os.PathLike, shard_paths: Iterable[str | os.P
 
     tmp = out_path.with_name(out_path.name + ".tmp")
     with h5py.File(shards[0][2], "r") as first, h5py.File(tmp, "w", libver="latest") as out:
-        n0 = shards[0][1] - shards[0][0]
+        per_item = shards[0][4]
         for name, dset in first.items():
             if not isinstance(dset, h5py.Dataset):
                 continue
-            if dset.ndim >= 1 and dset.shape[0] == n0:
+            if name in per_item:
                 layout = h5py.VirtualLayout(shape=(n_items,) + dset.shape[1:], dtype=dset.dtype)
-                for start, stop, p, _ in shards:
+                for start, stop, p, *_ in shards:
                     rel = os.path.relpath(p.resolve(), out_path.resolve().parent)
                     layout[start:stop] = h5py.VirtualSource(rel, name, shape=(stop - start,) + dset.shape[1:])
                 out.create_virtual_dataset(name, layout)
@@ -295,5 +419,9 @@ def combine_shards(out_path: str | os.PathLike, shard_paths: Iterable[str | os.P
         out.attrs["item_stop"] = n_items
         out.attrs[PARAMS_ATTR] = canonical_params({**common, shard_key: None})
         out.attrs["shards"] = [str(s[2].name) for s in shards]
+        out.attrs[PER_ITEM_ATTR] = sorted(per_item)
+    # with the shard files closed: the digest reads through the virtual datasets
+    with h5py.File(tmp, "r+") as out:
+        out.attrs[CONTENT_ATTR] = content_digest(out)
     os.replace(tmp, out_path)
     return n_items

@@ -51,7 +51,8 @@ def test_layout_and_values(sims, reference):
         a = f.attrs
         assert a["kind"] == "scattering" and a["lmax"] == LMAX and a["J0"] == 3
         assert a["depth"] == 2 and a["lam"] == 2.0 and a["nside_out"] == sc.nside_out
-        assert a["source"].startswith("sims.h5 sha256:") and len(a["source"]) == 15 + 64
+        assert a["source"].startswith("sims.h5 content-sha256:") and len(a["source"]) == 23 + 64
+        assert a["source"].endswith(s.attrs["content_sha256"])
         assert "cmbscat_version" in a
         for i in range(N):
             expected = sc(s["alm"][i].astype(np.complex128))
