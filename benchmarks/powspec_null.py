@@ -55,20 +55,21 @@ def main() -> None:
         train_idx, _ = split_indices(y_train, TrainConfig.val_fraction, seed)  # the pipeline's split
         classifier = classical_classifier()
         classifier.fit(x_train[train_idx], y_train[train_idx])
-        m = classification_metrics(y_test, classifier.predict_proba(x_test)[:, 1])
+        m = classification_metrics(y_test, classifier.decision_function(x_test))
         accuracies.append(m["accuracy"])
     acc = 100 * np.array(accuracies)
     print(f"powspec test accuracy over {args.splits} validation-split seeds (seed 0 is the pipeline's): "
           + ", ".join(f"{a:.1f}" for a in acc))
     print(f"mean {acc.mean():.1f} %, standard deviation {acc.std(ddof=1):.1f} points; "
-          f"binomial standard error of one score at 50 %: {100 * np.sqrt(0.25 / y_test.size):.1f} points")
+          f"half-width of one score's 68 % interval at 50 %: {100 * np.sqrt(0.25 / y_test.size):.1f} points")
 
     classifier = classical_classifier()
     folds = StratifiedKFold(10, shuffle=True, random_state=0)
-    scores = cross_val_predict(classifier, x, y, cv=folds, method="predict_proba")[:, 1]
-    m = classification_metrics(y, scores)
-    print(f"10-fold cross-validated accuracy over all {y.size} maps: {100 * m['accuracy']:.1f} "
-          f"± {100 * m['accuracy_se']:.1f} %, AUC {m['auc']:.3f}")
+    logits = cross_val_predict(classifier, x, y, cv=folds, method="decision_function")
+    m = classification_metrics(y, logits)
+    low, high = m["accuracy_interval68"]
+    print(f"10-fold cross-validated accuracy over all {y.size} maps: {100 * m['accuracy']:.1f} % "
+          f"(68 % Wilson interval {100 * low:.1f}-{100 * high:.1f}), AUC {m['auc']:.3f}")
 
 
 if __name__ == "__main__":

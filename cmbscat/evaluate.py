@@ -1,8 +1,15 @@
-"""The ``evaluate`` stage: score a trained run on a test file; metrics.json and a ROC plot."""
+"""The ``evaluate`` stage: score a trained run on a test file; metrics.json and a ROC plot.
+
+``metrics.json`` records what it was computed from: ``model_sha256`` (the bytes of
+the run's model file) and ``test_sha256`` (the test file's content hash,
+:func:`cmbscat.store.content_hash`), so a stale result can be recognised.
+``scores.npy`` holds the logits (float64), which the AUC ranks.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import time
 from pathlib import Path
@@ -12,7 +19,7 @@ import numpy as np
 from cmbscat.datasets import read_labels
 from cmbscat.errors import CmbscatError
 from cmbscat.metrics import classification_metrics, roc_points
-from cmbscat.store import atomic_write_text
+from cmbscat.store import atomic_write_text, content_hash, file_sha256
 from cmbscat.train import model_inputs, resolve_device
 
 
@@ -30,15 +37,32 @@ def load_run(run_dir: str | Path) -> tuple[dict, Path]:
     return config, model_path
 
 
+def evaluation_record(run_dir: str | Path, data: str | Path) -> dict:
+    """What a metrics.json of ``run_dir`` on ``data`` must record to be current."""
+    _, model_path = load_run(run_dir)
+    return {"model_sha256": file_sha256(model_path), "test_sha256": content_hash(data)}
+
+
+def network_logits(model, x: np.ndarray, device: str, batch_size: int = 32) -> np.ndarray:
+    """Logits (float64, (N,)) of a torch ``model`` on inputs ``x`` (N, C, npix), in batches."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for lo in range(0, len(x), batch_size):
+            out.append(model(torch.from_numpy(x[lo:lo + batch_size]).to(device)).double().cpu())
+    return torch.cat(out).numpy()
+
+
 def predict(run_dir: str | Path, data: str | Path, device: str = "auto", batch_size: int = 32,
             progress: bool = True) -> np.ndarray:
-    """Probability of the non-Gaussian class for each map of ``data``, shape (N,)."""
+    """Logit (log-odds of the non-Gaussian class) of each map of ``data``, float64 (N,)."""
     config, model_path = load_run(run_dir)
     if config["model"] in ("powspec", "onepoint"):
         with open(model_path, "rb") as f:
             saved = pickle.load(f)
         x, _ = model_inputs(config["model"], str(data), progress=progress)
-        return saved["classifier"].predict_proba(x)[:, 1]
+        return np.asarray(saved["classifier"].decision_function(x), dtype=np.float64)
 
     import torch
 
@@ -51,20 +75,16 @@ def predict(run_dir: str | Path, data: str | Path, device: str = "auto", batch_s
     model = build_model(saved["kind"], saved["in_channels"], saved["nside"])
     model.load_state_dict(saved["model"])
     model.to(device).eval()
-    out = []
-    with torch.no_grad():
-        for lo in range(0, len(x), batch_size):
-            out.append(torch.sigmoid(model(torch.from_numpy(x[lo:lo + batch_size]).to(device))).cpu())
-    return torch.cat(out).numpy().astype(np.float64)
+    return network_logits(model, x, device, batch_size)
 
 
-def plot_roc(path: Path, labels: np.ndarray, scores: np.ndarray, title: str) -> None:
+def plot_roc(path: Path, labels: np.ndarray, logits: np.ndarray, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fpr, tpr = roc_points(labels, scores)
+    fpr, tpr = roc_points(labels, logits)
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.plot(fpr, tpr, label=title)
     ax.plot([0, 1], [0, 1], "k:", lw=1, label="chance")
@@ -78,26 +98,33 @@ def plot_roc(path: Path, labels: np.ndarray, scores: np.ndarray, title: str) -> 
 
 def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path | None = None,
              device: str = "auto", progress: bool = True) -> dict:
-    """Write ``metrics.json``, ``scores.npy`` and ``roc.png`` for ``run_dir`` on ``data``.
+    """Write ``metrics.json``, ``scores.npy`` (logits) and ``roc.png`` for ``run_dir`` on ``data``.
 
-    Output goes to ``out_dir`` (default: the run folder). Returns the metrics.
+    Output goes to ``out_dir`` (default: the run folder). Returns the metrics, which
+    record the model file's and the test file's hashes (:func:`evaluation_record`).
     """
     t0 = time.time()
     if not Path(data).exists():
         raise CmbscatError(f"no such file: {data}")
     config, _ = load_run(run_dir)
-    scores = predict(run_dir, data, device, progress=progress)
     labels = read_labels(data)
     if np.any(labels < 0):
         raise CmbscatError(f"{data} has maps without labels (e.g. a single FITS map); "
                            "evaluation needs labelled test maps")
-    metrics = classification_metrics(labels, scores)
-    metrics.update({"model": config["model"], "test_file": str(data),
-                    "wall_seconds": time.time() - t0})
+    record = evaluation_record(run_dir, data)
+    logits = predict(run_dir, data, device, progress=progress)
+    metrics = classification_metrics(labels, logits)
+    metrics.update({"model": config["model"], "seed": config.get("seed"), "test_file": str(data),
+                    **record, "wall_seconds": time.time() - t0})
     out = Path(out_dir) if out_dir else Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "scores.npy", scores)
-    plot_roc(out / "roc.png", labels, scores,
+    # metrics.json is written last: drop an old one first, so that it never sits beside
+    # the scores of another evaluation if this one is interrupted
+    (out / "metrics.json").unlink(missing_ok=True)
+    with open(out / "scores.npy.tmp", "wb") as f:
+        np.save(f, logits)
+    os.replace(out / "scores.npy.tmp", out / "scores.npy")
+    plot_roc(out / "roc.png", labels, logits,
              f"{config['model']}: AUC {metrics['auc']:.3f}" if metrics["auc"] is not None else config["model"])
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
