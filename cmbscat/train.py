@@ -2,7 +2,9 @@
 
 Run folder contents:
 
-* ``config.json``       the training configuration (a re-run with another one is refused);
+* ``config.json``       the training configuration and ``data_sha256``, the content hash
+                        of the training file (:func:`run_record`); a re-run with another
+                        configuration or other data is refused;
 * ``model.pt``          the best checkpoint (lowest validation loss) with everything
                         ``evaluate`` needs: model kind and shape, input standardisation
                         (from the training split only), input geometry;
@@ -30,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cmbscat.errors import CmbscatError
-from cmbscat.store import atomic_write_text
+from cmbscat.store import atomic_write_text, content_hash, describe_difference, differing_keys
 
 NN_MODELS = ("hybrid", "baseline")
 CLASSICAL_MODELS = ("powspec", "onepoint")
@@ -146,22 +148,41 @@ def plot_curves(run_dir: Path, history: list[dict]) -> None:
     plt.close(fig)
 
 
+def run_record(config: TrainConfig) -> dict:
+    """What a run folder's ``config.json`` holds: the configuration and the content hash
+    (:func:`cmbscat.store.content_hash`) of the training data it was trained on."""
+    return {**asdict(config), "data_sha256": content_hash(config.data)}
+
+
+def read_run_record(run_dir: str | Path) -> dict | None:
+    """The record in ``run_dir/config.json``, or None when there is none."""
+    path = Path(run_dir) / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def record_defaults(config: TrainConfig) -> dict:
+    """Values that settings added since a run was made take when its record lacks them."""
+    return asdict(TrainConfig(data=config.data))
+
+
 def _prepare_run_dir(run_dir: Path, config: TrainConfig) -> bool:
     """Create the folder or check it holds the same run; True if a run is already there."""
-    cfg_path = run_dir / "config.json"
     if run_dir.exists() and not run_dir.is_dir():
         raise CmbscatError(f"{run_dir} exists and is not a folder")
-    if cfg_path.exists():
-        # settings added since the run was made count as their defaults
-        old = {**asdict(TrainConfig(data=config.data)), **json.loads(cfg_path.read_text())}
-        if old != asdict(config):
-            diffs = [f"{k} {old.get(k)!r} != {v!r}" for k, v in asdict(config).items() if old.get(k) != v]
-            raise CmbscatError(f"{run_dir} holds a run with other settings ({', '.join(diffs[:3])}); "
+    record = run_record(config)
+    old = read_run_record(run_dir)
+    if old is not None:
+        defaults = record_defaults(config)
+        differing = differing_keys(old, record, defaults)
+        if differing:
+            what = (f"was trained on other data (the content of {config.data} differs)"
+                    if differing == ["data_sha256"] else "holds a run with other settings")
+            raise CmbscatError(f"{run_dir} {what} ({describe_difference(old, record, defaults)}); "
                                "use another run folder")
         return True
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cfg_path, json.dumps(asdict(config), indent=2))
+        atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2))
     except OSError as exc:
         raise CmbscatError(f"cannot write run folder {run_dir}: {exc.strerror or exc}") from None
     return False
@@ -287,11 +308,11 @@ def _train_network(run_dir: Path, config: TrainConfig, device: str, progress: bo
     def run_epoch(indices, train: bool, generator=None):
         model.train(train)
         order = indices[torch.randperm(len(indices), generator=generator).numpy()] if train else indices
-        total_loss, correct = 0.0, 0
+        total_loss, correct, used = 0.0, 0, 0
         for lo in range(0, len(order), config.batch_size):
             batch = order[lo:lo + config.batch_size]
             if train and len(batch) < 2:
-                continue  # batch norm needs two samples
+                continue  # batch norm needs two samples: this map is not used, nor counted
             xb, yb = x_t[batch].to(device), y_t[batch].to(device)
             with torch.set_grad_enabled(train):
                 logits = model(xb)
@@ -301,8 +322,9 @@ def _train_network(run_dir: Path, config: TrainConfig, device: str, progress: bo
                 loss.backward()
                 optimiser.step()
             total_loss += loss.item() * len(batch)
-            correct += int(((logits > 0).float() == yb).sum())
-        return total_loss / len(order), correct / len(order)
+            correct += int(((logits >= 0).float() == yb).sum())
+            used += len(batch)
+        return total_loss / used, correct / used
 
     bar = tqdm(range(start_epoch, config.epochs), desc=f"train {config.model}", unit="epoch",
                disable=not progress, initial=start_epoch, total=config.epochs)

@@ -25,11 +25,10 @@ def sims(tmp_path_factory):
 
 def test_metrics_against_hand_counts():
     labels = np.array([0, 0, 0, 1, 1, 1, 1, 0])
-    scores = np.array([0.1, 0.6, 0.2, 0.9, 0.4, 0.8, 0.7, 0.3])
-    m = classification_metrics(labels, scores)
-    assert m["n"] == 8 and m["accuracy"] == 6 / 8
+    probabilities = np.array([0.1, 0.6, 0.2, 0.9, 0.4, 0.8, 0.7, 0.3])
+    m = classification_metrics(labels, np.log(probabilities / (1 - probabilities)))
+    assert m["n"] == 8 and m["accuracy"] == 6 / 8 and m["n_correct"] == 6
     assert m["confusion"] == [[3, 1], [1, 3]]
-    assert np.isclose(m["accuracy_se"], np.sqrt(0.75 * 0.25 / 8))
     # AUC = P(score of a positive > score of a negative): 15 of 16 pairs
     assert np.isclose(m["auc"], 15 / 16)
 
@@ -126,3 +125,31 @@ def test_early_stopping_counts_epochs_since_the_best_validation_loss():
     assert not _stop_early(history, 3)  # two epochs since the best (epoch 2)
     assert _stop_early(history, 2)
     assert not _stop_early([], 1)
+
+
+def test_training_metrics_count_only_the_maps_used(sims, tmp_path):
+    """96 training maps in batches of 5: the last map is skipped (batch norm needs two), so the
+    epoch's accuracy is a count over 95 maps, not over 96."""
+    import csv
+
+    config = TrainConfig(data=str(sims["train"]), model="baseline", epochs=3, batch_size=5,
+                         baseline_nside=8, baseline_lmax=15)
+    summary = train(tmp_path / "r", config, device="cpu", progress=False)
+    assert summary["n_train"] == 96
+    with open(tmp_path / "r" / "history.csv") as f:
+        accuracies = [float(row["train_accuracy"]) for row in csv.DictReader(f)]
+    assert any(acc > 0 for acc in accuracies)
+    for acc in accuracies:
+        assert abs(acc * 95 - round(acc * 95)) < 1e-9, acc  # k / 95; k / 96 is not of this form
+
+
+def test_run_trained_on_other_data_is_refused(sims, tmp_path):
+    """The run folder records its data's content hash: the same path with new content is refused."""
+    import shutil
+
+    data = tmp_path / "data.h5"
+    shutil.copy(sims["train"], data)
+    run_cli("train", data, tmp_path / "r", "--model", "powspec", check=True)
+    shutil.copy(sims["test"], data)
+    assert_one_line_error(run_cli("train", data, tmp_path / "r", "--model", "powspec"),
+                          "trained on other data", "data_sha256")
