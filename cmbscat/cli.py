@@ -196,14 +196,17 @@ def train(data, run_dir, model, epochs, batch_size, lr, weight_decay, val_fracti
 def evaluate(run_dir, test, out_dir, device, progress):
     """Score the run in RUN_DIR on the labelled maps of TEST.
 
-    Writes metrics.json (accuracy with binomial standard error, ROC AUC, confusion
-    matrix [[TN, FP], [FN, TP]], n), scores.npy and roc.png.
+    Writes metrics.json (accuracy with its 68 % Wilson interval, ROC AUC, confusion
+    matrix [[TN, FP], [FN, TP]], n, and the hashes of the model file and of TEST),
+    scores.npy (logits, float64) and roc.png.
     """
     from cmbscat.evaluate import evaluate as run
 
     m = run(run_dir, test, out_dir, device=device, progress=progress)
-    click.echo(f"{run_dir} on {test}: accuracy {m['accuracy']:.3f} +- {m['accuracy_se']:.3f}, "
-               f"AUC {m['auc']:.3f}, n = {m['n']}", err=True)
+    low, high = m["accuracy_interval68"]
+    auc = f"{m['auc']:.3f}" if m["auc"] is not None else "n/a (one class)"
+    click.echo(f"{run_dir} on {test}: accuracy {m['accuracy']:.3f} (68 % Wilson interval "
+               f"{low:.3f}-{high:.3f}), AUC {auc}, n = {m['n']}", err=True)
 
 
 @main.command()
@@ -216,17 +219,34 @@ def evaluate(run_dir, test, out_dir, device, progress):
 @click.option("--models", default=None, metavar="M1,M2",
               help="Train and evaluate only these of the config's models (comma-separated, "
                    "e.g. onepoint,powspec); the scatter stage runs only for the hybrid.")
+@click.option("--rerun-changed", is_flag=True,
+              help="Recompute every stage whose output was made from other settings or inputs "
+                   "than the config gives now, and every stage that reads it (without this "
+                   "flag such outputs are refused).")
+@click.option("--sealed", is_flag=True,
+              help="Also evaluate every model on the config's sealed test set (simulate.n_sealed, "
+                   "seed_sealed). Only for a release's final table; each use is logged in "
+                   "OUT/sealed_log.json.")
 @_progress_option
-def pipeline(config, device, scan, models, progress):
+def pipeline(config, device, scan, models, rerun_changed, sealed, progress):
     """Run every stage of the experiment in the JSON file CONFIG and write its results table.
 
     pipelines/paper.json is the paper's experiment (make reproduce), pipelines/smoke.json
-    the same chain at tiny size (make smoke). Stages already done are skipped.
+    the same chain at tiny size (make smoke). A stage is reused only when its output
+    records the config's settings and the content hashes of its inputs; an interrupted
+    run resumes.
     """
     from cmbscat.pipeline import run_pipeline, run_scan
 
     only = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    table = (run_scan if scan else run_pipeline)(config, device=device, progress=progress, only=only)
+    if scan:
+        if sealed:
+            raise CmbscatError("--sealed is for the paper pipeline's final table, not for a --scan")
+        table = run_scan(config, device=device, progress=progress, only=only,
+                         rerun_changed=rerun_changed)
+    else:
+        table = run_pipeline(config, device=device, progress=progress, only=only,
+                             rerun_changed=rerun_changed, sealed=sealed)
     click.echo(f"wrote {table}", err=True)
 
 

@@ -1,26 +1,44 @@
 """Experiment driver: every stage of an experiment from one JSON config, with a results table.
 
 ``cmbscat pipeline pipelines/paper.json`` (what ``make reproduce`` runs) simulates
-separate training and test sets, scatters them once, trains every model, evaluates
-them all on the test set and writes a Markdown table. Each stage is resumable and
-skips work already done, so a re-run after an interruption continues where it
-stopped; per-stage wall times are printed and kept in ``timings.json`` (the time of
-the run that did the work, not of a re-run that skipped it).
+separate training and test sets, scatters them once, trains every model (the
+networks once per training seed), evaluates them all on the test set and writes a
+Markdown table.
+
+A stage is reused only when its output records exactly what the config asks for
+now: the same parameters and the same content hashes of its inputs (a sims file's
+parameters; a scattering file's parameters and its sims file's content hash; a run
+folder's training configuration and its data's content hash; a ``metrics.json``'s
+model-file and test-file hashes). Anything else is refused with one line naming the
+differing key, or, with ``rerun_changed``, recomputed, and so is every stage that
+reads it (their recorded input hashes no longer match). An interrupted run resumes:
+a stage whose unfinished state records the same parameters continues where it
+stopped. Per-stage wall times are printed and kept in ``timings.json`` (the time of
+the run that did the work).
+
+The sealed test set (config ``simulate.n_sealed`` / ``seed_sealed``) is touched only
+with ``sealed=True``, for the final table of a release; each evaluation on it is
+logged in ``sealed_log.json``.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
-from functools import partial
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import click
+import numpy as np
 
 from cmbscat.errors import CmbscatError
+from cmbscat.store import atomic_write_text, describe_difference, differing_keys
 
 # Published figures the table is compared with (McEwen et al. 2022, CMB experiment at L = 1024).
 PAPER_RESULTS = {"hybrid": "95.3 %", "baseline": "53.1 %"}
@@ -31,6 +49,7 @@ METHOD_NAMES = {
     "powspec": "logistic regression, binned C_l",
     "onepoint": "logistic regression, skewness + kurtosis",
 }
+NETWORKS = ("hybrid", "baseline")
 
 
 def load_config(path: str | Path) -> dict:
@@ -42,24 +61,129 @@ def load_config(path: str | Path) -> dict:
         raise CmbscatError(f"{path} is not valid JSON: {exc}") from None
 
 
-class _Timings:
-    """Wall time of each stage, persisted so that a re-run reports the original times."""
+# --------------------------------------------------------------------------- stages
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.data = json.loads(path.read_text()) if path.exists() else {}
 
-    def run(self, name: str, func, done: bool):
-        if done and name in self.data:
-            click.echo(f"[{name}] already done ({self.data[name]:.0f} s when run)", err=True)
-            return None
-        click.echo(f"[{name}] ...", err=True)
+@dataclass
+class Stage:
+    """One step of an experiment and how to tell whether its output is current.
+
+    expected : the record the output must carry to be reused; called only once the
+        stage's inputs exist (it may hash them).
+    found : the record the finished output carries, or that an unfinished run left
+        (second item True), or None when there is neither.
+    run : compute the output (resuming unfinished work that records the same parameters).
+    discard : delete the output and any unfinished state (for ``rerun_changed``).
+    defaults : values of keys added to the record since older outputs were made.
+    """
+
+    name: str
+    output: Path
+    expected: Callable[[], dict]
+    found: Callable[[], tuple[dict, bool] | None]
+    run: Callable[[], object]
+    discard: Callable[[], None]
+    defaults: dict = field(default_factory=dict)
+
+
+class Runner:
+    """Runs stages in order, reusing current outputs; keeps each stage's wall time."""
+
+    def __init__(self, out: Path, rerun_changed: bool = False):
+        self.path = out / "timings.json"
+        self.timings = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.rerun_changed = rerun_changed
+
+    def status(self, stage: Stage) -> str:
+        """``"current"``, ``"missing"``, ``"resume"`` or ``"changed: <difference>"``."""
+        found = stage.found()
+        if found is None:
+            return "missing"
+        record, unfinished = found
+        expected = stage.expected()
+        if differing_keys(record, expected, stage.defaults):
+            return "changed: " + describe_difference(record, expected, stage.defaults)
+        return "resume" if unfinished else "current"
+
+    def refuse_changed(self, stages: list[Stage]) -> None:
+        """Before anything runs: refuse (one line) the first stage whose existing output
+        records other settings or inputs, unless ``rerun_changed``. A stage whose record
+        cannot be judged yet (its inputs are still to be made) is judged when it is reached."""
+        if self.rerun_changed:
+            return
+        for stage in stages:
+            try:
+                status = self.status(stage)
+            except (CmbscatError, OSError):
+                continue
+            if status.startswith("changed"):
+                self._refuse(stage, status.split(": ", 1)[1])
+
+    @staticmethod
+    def _refuse(stage: Stage, difference: str):
+        raise CmbscatError(
+            f"[{stage.name}] {stage.output} was made from other settings or inputs "
+            f"({difference}); re-run with --rerun-changed to recompute it and every "
+            "stage that reads it")
+
+    def settle(self, stage: Stage) -> None:
+        """Reuse, resume, run, refuse or (``rerun_changed``) recompute ``stage``."""
+        status = self.status(stage)
+        if status == "current":
+            when = self.timings.get(stage.name)
+            click.echo(f"[{stage.name}] current" + (f" ({when:.0f} s when run)" if when else ""),
+                       err=True)
+            return
+        if status.startswith("changed"):
+            difference = status.split(": ", 1)[1]
+            if not self.rerun_changed:
+                self._refuse(stage, difference)
+            click.echo(f"[{stage.name}] changed ({difference}): recomputing", err=True)
+            stage.discard()
+        click.echo(f"[{stage.name}] ...", err=True)
         t0 = time.time()
-        result = func()
-        self.data[name] = time.time() - t0
-        self.path.write_text(json.dumps(self.data, indent=2))
-        click.echo(f"[{name}] {self.data[name]:.0f} s", err=True)
-        return result
+        stage.run()
+        self.timings[stage.name] = time.time() - t0
+        atomic_write_text(self.path, json.dumps(self.timings, indent=2))
+        click.echo(f"[{stage.name}] {self.timings[stage.name]:.0f} s", err=True)
+
+
+def _item_file_record(path: Path) -> tuple[dict, bool] | None:
+    """Parameters of a finished item-writer output, or of its unfinished run's manifest."""
+    from cmbscat.store import read_params
+
+    if path.exists():
+        try:
+            params = read_params(path)
+        except OSError:
+            return {"unreadable file": str(path)}, False
+        return (params if params is not None else {"no cmbscat record": str(path)}), False
+    manifest = path.with_name(path.name + ".partial") / "params.json"
+    if manifest.exists():
+        return json.loads(manifest.read_text()), True
+    return None
+
+
+def _sharded_record(path: Path, shard_paths: list[Path]) -> tuple[dict, bool] | None:
+    """Record of a combined output; else the common record of the shards that have any
+    state (shard key cleared), marked unfinished; shards that disagree give a record
+    that matches no config, so that they are refused or (``rerun_changed``) discarded."""
+    found = _item_file_record(path)
+    if found is not None or not shard_paths:
+        return found
+    records = [{**rec, "shard": None} for rec, _ in filter(None, map(_item_file_record, shard_paths))]
+    if not records:
+        return None
+    if any(differing_keys(records[0], rec) for rec in records[1:]):
+        return {"shards": f"the shard files in {shard_paths[0].parent} disagree"}, True
+    return records[0], True
+
+
+def _discard_item_output(path: Path, shard_paths: list[Path]) -> None:
+    from cmbscat.store import remove_output
+
+    for p in [path, *shard_paths]:
+        remove_output(p)
 
 
 def _cli_flags(options: dict) -> list[str]:
@@ -69,6 +193,13 @@ def _cli_flags(options: dict) -> list[str]:
         if value is not None:
             flags += [f"--{key.replace('_', '-')}", str(value)]
     return flags
+
+
+def shard_paths_for(out_path: Path, workers: int) -> list[Path]:
+    """Where :func:`run_sharded` keeps the ``workers`` shard files of ``out_path``."""
+    if workers <= 1:
+        return []
+    return [out_path.parent / "shards" / f"{out_path.stem}.{k}of{workers}.h5" for k in range(workers)]
 
 
 def run_sharded(stage: str, args: list[str], out_path: Path, n_items: int, workers: int,
@@ -83,9 +214,8 @@ def run_sharded(stage: str, args: list[str], out_path: Path, n_items: int, worke
 
     from cmbscat.store import combine_shards
 
-    shard_dir = out_path.parent / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    shard_paths = [shard_dir / f"{out_path.stem}.{k}of{workers}.h5" for k in range(workers)]
+    shard_paths = shard_paths_for(out_path, workers)
+    shard_paths[0].parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # click accepts the output path after the options: "cmbscat scatter IN --depth 2 OUT"
     procs = [subprocess.Popen([sys.executable, "-m", "cmbscat", stage, *args, str(path),
@@ -125,105 +255,357 @@ def select_models(cfg: dict, only: list[str] | None) -> list[str]:
     return [m for m in cfg["models"] if m in only]
 
 
+def model_seeds(settings: dict) -> list[int]:
+    """Training seeds of a model entry: ``"seeds": [0, 1, 2]``, else ``[seed]`` (default 0)."""
+    seeds = settings.get("seeds", [settings.get("seed", 0)])
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise CmbscatError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
+    return [int(s) for s in seeds]
+
+
+def _split_sizes(sim: dict, split: str) -> tuple[int, int]:
+    key = "sealed" if split == "sealed" else split
+    return int(sim[f"n_{key}"]), int(sim[f"seed_{key}"])
+
+
+class Experiment:
+    """The stages of one config (see the module docstring), built lazily in data-flow order."""
+
+    def __init__(self, cfg: dict, device: str = "auto", progress: bool = True):
+        self.cfg, self.device, self.progress = cfg, device, progress
+        self.out = Path(cfg["out"])
+        self.sim = cfg["simulate"]
+        self.workers = int(cfg.get("workers", 1))
+
+    # -- per-map stages ------------------------------------------------------
+    def sims_path(self, split: str) -> Path:
+        return self.out / f"sims_{split}.h5"
+
+    def scat_path(self, split: str) -> Path:
+        return self.out / f"scat_{split}.h5"
+
+    def simulate_stage(self, split: str) -> Stage:
+        from cmbscat.simulate import SimulationConfig, simulate, simulation_params
+
+        n_maps, seed = _split_sizes(self.sim, split)
+        config = SimulationConfig(n_maps=n_maps, nside=self.sim["nside"], lmax=self.sim["lmax"],
+                                  fnl=self.sim["fnl"], seed=seed, store=self.sim.get("store", "alm"))
+        config.validate()
+        path, shards = self.sims_path(split), shard_paths_for(self.sims_path(split), self.workers)
+
+        def run():
+            if self.workers > 1:
+                flags = _cli_flags({"n_maps": config.n_maps, "nside": config.nside, "lmax": config.lmax,
+                                    "fnl": config.fnl, "seed": config.seed, "store": config.store})
+                run_sharded("simulate", flags, path, config.n_maps, self.workers, self.progress)
+            else:
+                simulate(path, config, progress=self.progress)
+
+        return Stage(f"simulate {split}", path, lambda: simulation_params(config),
+                     lambda: _sharded_record(path, shards), run,
+                     lambda: _discard_item_output(path, shards))
+
+    def scatter_stage(self, split: str) -> Stage:
+        from cmbscat.scatter_stage import scatter, scatter_plan
+
+        sims, path = self.sims_path(split), self.scat_path(split)
+        shards = shard_paths_for(path, self.workers)
+        options = dict(self.cfg["scatter"])
+
+        def run():
+            if self.workers > 1:
+                run_sharded("scatter", [str(sims)] + _cli_flags(options), path,
+                            _split_sizes(self.sim, split)[0], self.workers, self.progress)
+            else:
+                scatter(sims, path, progress=self.progress, **options)
+
+        return Stage(f"scatter {split}", path,
+                     lambda: scatter_plan(sims, **options).shard_params(None),
+                     lambda: _sharded_record(path, shards), run,
+                     lambda: _discard_item_output(path, shards))
+
+    # -- models --------------------------------------------------------------
+    def data_path(self, model: str, split: str) -> Path:
+        return self.scat_path(split) if model == "hybrid" else self.sims_path(split)
+
+    def run_dir(self, model: str, seed: int) -> Path:
+        return self.out / "runs" / model / f"seed{seed}"
+
+    def train_config(self, model: str, seed: int):
+        from cmbscat.train import TrainConfig
+
+        settings = {k: v for k, v in self.cfg["models"][model].items() if k not in ("seeds", "seed")}
+        unknown = sorted(set(settings) - set(TrainConfig.__dataclass_fields__) - {"data", "model"})
+        if unknown:
+            raise CmbscatError(f"models.{model} in the config has unknown settings: {', '.join(unknown)}")
+        return TrainConfig(data=str(self.data_path(model, "train")), model=model, seed=seed, **settings)
+
+    def train_stage(self, model: str, seed: int) -> Stage:
+        from cmbscat.train import read_run_record, record_defaults, run_record, train
+
+        config, run_dir = self.train_config(model, seed), self.run_dir(model, seed)
+
+        def found():
+            record = read_run_record(run_dir)
+            if record is None:
+                return None
+            return record, not (run_dir / "summary.json").exists()
+
+        return Stage(f"train {model} seed {seed}", run_dir, lambda: run_record(config), found,
+                     lambda: train(run_dir, config, self.device, self.progress),
+                     lambda: shutil.rmtree(run_dir, ignore_errors=True), record_defaults(config))
+
+    def eval_dir(self, model: str, seed: int, split: str) -> Path:
+        run_dir = self.run_dir(model, seed)
+        return run_dir if split == "test" else run_dir / split
+
+    def evaluate_stage(self, model: str, seed: int, split: str) -> Stage:
+        from cmbscat.evaluate import evaluate, evaluation_record
+
+        run_dir, data = self.run_dir(model, seed), self.data_path(model, split)
+        out = self.eval_dir(model, seed, split)
+        metrics_path = out / "metrics.json"
+
+        def found():
+            if not metrics_path.exists():
+                return None
+            m = json.loads(metrics_path.read_text())
+            return {k: m.get(k) for k in ("model_sha256", "test_sha256")}, False
+
+        def run():
+            evaluate(run_dir, data, out, device=self.device, progress=self.progress)
+            if split == "sealed":
+                _log_sealed(self.out, model, seed)
+
+        return Stage(f"evaluate {model} seed {seed}" + ("" if split == "test" else f" on {split}"),
+                     metrics_path, lambda: evaluation_record(run_dir, data), found, run,
+                     lambda: metrics_path.unlink(missing_ok=True))
+
+    def chain(self, model: str, splits: tuple[str, ...]) -> list[Stage]:
+        """Every stage that ``model`` needs, upstream first (per-map stages included)."""
+        stages = []
+        for split in ("train", *splits):
+            stages.append(self.simulate_stage(split))
+            if model == "hybrid":
+                stages.append(self.scatter_stage(split))
+        for seed in model_seeds(self.cfg["models"][model]):
+            stages.append(self.train_stage(model, seed))
+            stages += [self.evaluate_stage(model, seed, split) for split in splits]
+        return stages
+
+
+def _log_sealed(out: Path, model: str, seed: int) -> None:
+    """Append one line per evaluation on the sealed test set to ``sealed_log.json``."""
+    path = out / "sealed_log.json"
+    log = json.loads(path.read_text()) if path.exists() else []
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    log.append({"model": model, "seed": seed, "commit": commit,
+                "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+    atomic_write_text(path, json.dumps(log, indent=2))
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class ModelResult:
+    """A model's current evaluations on one test set: one metrics dict and logit array per seed."""
+
+    model: str
+    seeds: list[int]
+    metrics: list[dict]
+    logits: np.ndarray       # (n_seeds, n_test) float64
+    labels: np.ndarray       # (n_test,)
+
+    @property
+    def correct(self) -> np.ndarray:
+        from cmbscat.metrics import correct_predictions
+
+        return correct_predictions(self.labels, self.logits)
+
+    @property
+    def accuracies(self) -> np.ndarray:
+        return self.correct.mean(axis=1)
+
+
+def _load_result(exp: Experiment, model: str, split: str) -> ModelResult:
+    from cmbscat.datasets import read_labels
+
+    seeds = model_seeds(exp.cfg["models"][model])
+    metrics, logits = [], []
+    for seed in seeds:
+        folder = exp.eval_dir(model, seed, split)
+        metrics.append(json.loads((folder / "metrics.json").read_text()))
+        logits.append(np.load(folder / "scores.npy"))
+    return ModelResult(model, seeds, metrics, np.asarray(logits),
+                       read_labels(exp.data_path(model, split)))
+
+
 def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool = True,
-                 only: list[str] | None = None) -> Path:
+                 only: list[str] | None = None, rerun_changed: bool = False,
+                 sealed: bool = False) -> Path:
     """Run every stage of the experiment in ``config_path``; return the table's path.
 
     ``only`` restricts the models trained (a subset of the config's); the scatter
     stage runs only when a model that needs it (the hybrid) is among them.
+    ``rerun_changed`` recomputes stages whose outputs record other settings or inputs
+    (otherwise they are refused). ``sealed`` also evaluates every model on the sealed
+    test set (config ``simulate.n_sealed``, ``seed_sealed``): for a release's final table.
     """
-    from cmbscat.evaluate import evaluate
-    from cmbscat.scatter_stage import scatter
-    from cmbscat.simulate import SimulationConfig, simulate
-    from cmbscat.train import TrainConfig, train
-
     cfg = load_config(config_path)
     cfg.setdefault("config_name", str(config_path))
-    out = Path(cfg["out"])
-    out.mkdir(parents=True, exist_ok=True)
-    timings = _Timings(out / "timings.json")
-    sim = cfg["simulate"]
-    workers = int(cfg.get("workers", 1))
-    models = select_models(cfg, only)
-    need_scattering = "hybrid" in models
-
-    files = {}
-    for split in ("train", "test"):
-        sims_path = out / f"sims_{split}.h5"
-        config = SimulationConfig(n_maps=sim[f"n_{split}"], nside=sim["nside"], lmax=sim["lmax"],
-                                  fnl=sim["fnl"], seed=sim[f"seed_{split}"],
-                                  store=sim.get("store", "alm"))
-        scat_path = out / f"scat_{split}.h5"
-        if workers > 1:
-            sim_flags = _cli_flags({"n_maps": config.n_maps, "nside": config.nside, "lmax": config.lmax,
-                                    "fnl": config.fnl, "seed": config.seed, "store": config.store})
-            run_simulate = partial(run_sharded, "simulate", sim_flags, sims_path, config.n_maps, workers,
-                                   progress)
-            run_scatter = partial(run_sharded, "scatter", [str(sims_path)] + _cli_flags(cfg["scatter"]),
-                                  scat_path, config.n_maps, workers, progress)
-        else:
-            run_simulate = partial(simulate, sims_path, config, progress=progress)
-            run_scatter = partial(scatter, sims_path, scat_path, progress=progress, **cfg["scatter"])
-        timings.run(f"simulate {split}", run_simulate, sims_path.exists())
-        if need_scattering:
-            timings.run(f"scatter {split}", run_scatter, scat_path.exists())
-        files[split] = {"sims": sims_path, "scattering": scat_path}
-
-    rows = []
-    for model in models:
-        settings = cfg["models"][model]
-        data_kind = "scattering" if model == "hybrid" else "sims"
-        run_dir = out / "runs" / model
-        train_config = TrainConfig(data=str(files["train"][data_kind]), model=model, **settings)
-        timings.run(f"train {model}", lambda: train(run_dir, train_config, device, progress),
-                    (run_dir / "summary.json").exists())
-        timings.run(f"evaluate {model}",
-                    lambda: evaluate(run_dir, files["test"][data_kind], device=device, progress=progress),
-                    (run_dir / "metrics.json").exists())
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        rows.append((model, metrics))
-
-    table = Path(cfg.get("table", out / "table.md"))
+    results = run_experiment(cfg, device, progress, only, rerun_changed, sealed)
+    table = Path(cfg.get("table", Path(cfg["out"]) / "table.md"))
     table.parent.mkdir(parents=True, exist_ok=True)
-    table.write_text(results_table(cfg, rows, timings.data))
+    timings = Runner(Path(cfg["out"])).timings
+    atomic_write_text(table, results_table(cfg, results, timings))
     click.echo(table.read_text(), err=True)
     return table
+
+
+def run_experiment(cfg: dict, device: str = "auto", progress: bool = True,
+                   only: list[str] | None = None, rerun_changed: bool = False,
+                   sealed: bool = False) -> dict[str, dict[str, ModelResult]]:
+    """Settle every stage of ``cfg``'s models; return their results per test set and model.
+
+    Only results whose whole chain is current are returned (they were just checked
+    or computed); the keys are ``"test"`` and, with ``sealed``, ``"sealed"``.
+    """
+    models = select_models(cfg, only)
+    if sealed and not {"n_sealed", "seed_sealed"} <= set(cfg["simulate"]):
+        raise CmbscatError("--sealed: the config has no sealed test set "
+                           "(simulate.n_sealed and simulate.seed_sealed)")
+    exp = Experiment(cfg, device, progress)
+    exp.out.mkdir(parents=True, exist_ok=True)
+    runner = Runner(exp.out, rerun_changed)
+    splits = ("test", "sealed") if sealed else ("test",)
+    stages: dict[str, Stage] = {}
+    for model in models:
+        for stage in exp.chain(model, splits):
+            stages.setdefault(stage.name, stage)  # per-map stages are shared between models
+    runner.refuse_changed(list(stages.values()))
+    for stage in stages.values():
+        runner.settle(stage)
+    return {split: {m: _load_result(exp, m, split) for m in models} for split in splits}
+
+
+def current_results(cfg: dict, split: str = "test") -> dict[str, ModelResult]:
+    """Results of the config's models whose whole chain is current now; nothing is run.
+
+    A model trained by an earlier ``--models`` run counts only if every stage it
+    depends on still records the config's settings and its inputs' hashes.
+    """
+    exp = Experiment(cfg, progress=False)
+    runner = Runner(exp.out)
+    out = {}
+    for model in cfg["models"]:
+        try:
+            if all(runner.status(stage) == "current" for stage in exp.chain(model, (split,))):
+                out[model] = _load_result(exp, model, split)
+        except (CmbscatError, FileNotFoundError, OSError):
+            continue  # an input of the chain is missing or unreadable: not current
+    return out
 
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def results_table(cfg: dict, rows: list[tuple[str, dict]], timings: dict) -> str:
-    """Markdown table: method, input, accuracy +- standard error, AUC, wall time, paper's figure."""
-    sim, scat = cfg["simulate"], cfg["scatter"]
-    lines = [
-        f"# {cfg.get('title', 'Results')}",
-        "",
-        f"Test set: {sim['n_test']} maps (half non-Gaussian), lmax {sim['lmax']}, nside {sim['nside']}, "
-        f"f_NL {sim['fnl']:g}; trained on {sim['n_train']} maps. Generated by "
-        f"`cmbscat pipeline {cfg.get('config_name', '...')}`.",
-        "",
-        "| method | input | accuracy | AUC | train + evaluate wall time | paper |",
-        "|---|---|---|---|---|---|",
-    ]
-    for model, m in rows:
-        settings = cfg["models"][model]
-        if model == "hybrid":
-            resolution = f"scattering depth {scat.get('depth', 2)}, J0 {scat.get('J0')}, from lmax {sim['lmax']}"
-        elif model == "baseline":
-            resolution = (f"map at lmax {settings.get('baseline_lmax', 127)}, "
-                          f"nside {settings.get('baseline_nside', 64)}")
-        else:
-            resolution = f"map at lmax {sim['lmax']}, nside {sim['nside']}"
-        wall = timings.get(f"train {model}", 0) + timings.get(f"evaluate {model}", 0)
-        lines.append(f"| {METHOD_NAMES[model]} | {resolution} | {100 * m['accuracy']:.1f} ± "
-                     f"{100 * m['accuracy_se']:.1f} % | {m['auc']:.3f} | {_duration(wall)} | "
-                     f"{PAPER_RESULTS.get(model, '—')} |")
+def _percent(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def accuracy_cells(result: ModelResult) -> tuple[str, str, str]:
+    """(accuracy, 68 % Wilson interval of the test sampling, training-seed spread) cells."""
+    from cmbscat.metrics import wilson_interval
+
+    acc = result.accuracies
+    n = result.labels.size
+    low, high = wilson_interval(acc.mean() * n, n)
+    if acc.size > 1:
+        accuracy = f"{_percent(acc.mean())} % (mean of {acc.size} seeds)"
+        spread = (f"s.d. {_percent(acc.std(ddof=1))} ({_percent(acc.min())}–{_percent(acc.max())})")
+    else:
+        accuracy, spread = f"{_percent(acc[0])} %", "1 seed"
+    return accuracy, f"{_percent(low)}–{_percent(high)} %", spread
+
+
+def _input_description(cfg: dict, model: str) -> str:
+    sim, scat = cfg["simulate"], cfg.get("scatter", {})
+    settings = cfg["models"][model]
+    if model == "hybrid":
+        return f"scattering depth {scat.get('depth', 2)}, J0 {scat.get('J0')}, from lmax {sim['lmax']}"
+    if model == "baseline":
+        return f"map at lmax {settings.get('baseline_lmax', 127)}, nside {settings.get('baseline_nside', 64)}"
+    return f"map at lmax {sim['lmax']}, nside {sim['nside']}"
+
+
+def results_table(cfg: dict, results: dict[str, dict[str, ModelResult]], timings: dict) -> str:
+    """Markdown: per test set, a table of methods (accuracy, Wilson interval, seed spread,
+    AUC, wall time, paper's figure) and a table of paired differences with the reference
+    methods (config ``compare_to``, default the hybrid)."""
+    sim = cfg["simulate"]
+    lines = [f"# {cfg.get('title', 'Results')}", "",
+             f"lmax {sim['lmax']}, nside {sim['nside']}, f_NL {sim['fnl']:g}; trained on "
+             f"{sim['n_train']} maps (a stratified fraction held out for validation). Generated by "
+             f"`cmbscat pipeline {cfg.get('config_name', '...')}`.", ""]
+    for split, by_model in results.items():
+        if not by_model:
+            continue
+        n = next(iter(by_model.values())).labels.size
+        title = ("Test set" if split == "test" else
+                 "Sealed test set (evaluated only for a release's final table)")
+        seed = sim[f"seed_{'sealed' if split == 'sealed' else 'test'}"]
+        lines += [f"## {title}: {n} maps (half non-Gaussian), seed {seed}", "",
+                  "| method | input | test accuracy | 68 % interval (test maps, Wilson) | "
+                  "training seeds | AUC | train + evaluate wall time | paper |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for model, result in by_model.items():
+            accuracy, interval, spread = accuracy_cells(result)
+            aucs = [m["auc"] for m in result.metrics if m.get("auc") is not None]
+            auc = f"{np.mean(aucs):.3f}" if aucs else "—"
+            wall = sum(t for name, t in timings.items()
+                       if name.startswith((f"train {model} seed", f"evaluate {model} seed"))
+                       and (split == "sealed") == name.endswith("on sealed"))
+            lines.append(f"| {METHOD_NAMES.get(model, model)} | {_input_description(cfg, model)} | "
+                         f"{accuracy} | {interval} | {spread} | {auc} | {_duration(wall)} | "
+                         f"{PAPER_RESULTS.get(model, '—')} |")
+        lines += [""] + paired_table(cfg, by_model) + [""]
+    lines += ["Accuracy intervals: Wilson score, 68.27 %, for the test-map sampling (of the "
+              "seed-mean accuracy for networks); training seeds: standard deviation and range "
+              "of the accuracy over seeds (initialisation, validation split and shuffling).", ""]
     total = sum(timings.values())
     stage_times = ", ".join(f"{k} {_duration(v)}" for k, v in timings.items())
-    lines += ["", f"Stage wall times: {stage_times}; total {_duration(total)}.", ""]
+    lines += [f"Stage wall times: {stage_times}; total {_duration(total)}.", ""]
     return "\n".join(lines)
+
+
+def paired_table(cfg: dict, by_model: dict[str, ModelResult]) -> list[str]:
+    """Markdown rows: each reference method minus every other, paired on the same test maps."""
+    from cmbscat.metrics import paired_difference
+
+    references = [m for m in cfg.get("compare_to", ["hybrid"]) if m in by_model]
+    rows = []
+    for ref in references:
+        for other in by_model:
+            if other == ref:
+                continue
+            a, b = by_model[ref], by_model[other]
+            if not np.array_equal(a.labels, b.labels) or a.labels.size != b.labels.size:
+                continue
+            d = paired_difference(a.correct, b.correct)
+            rows.append(f"| {METHOD_NAMES.get(ref, ref)} − {METHOD_NAMES.get(other, other)} | "
+                        f"{100 * d['difference']:+.1f} | {100 * d['interval68'][0]:+.1f} to "
+                        f"{100 * d['interval68'][1]:+.1f} | {d['mcnemar_p']:.2g} |")
+    if not rows:
+        return []
+    return ["Paired differences on the same test maps (accuracy points; 68 % interval from a "
+            "bootstrap over test maps; McNemar's exact test, the largest p over pairs of seeds):",
+            "", "| comparison | difference | 68 % interval | McNemar p |", "|---|---|---|---|", *rows]
 
 
 def choose_fnl(results: dict[float, dict], method: str, accuracy: float) -> float | None:
@@ -231,7 +613,7 @@ def choose_fnl(results: dict[float, dict], method: str, accuracy: float) -> floa
 
     This is the rule that picks the paper pipeline's f_NL: it looks at a classical
     baseline only, never at the networks, so the choice cannot be tuned to their result.
-    None when no scanned value reaches it.
+    ``results`` maps f_NL to {model: {"accuracy": ...}}. None when no scanned value reaches it.
     """
     reached = [fnl for fnl, res in sorted(results.items())
                if method in res and res[method]["accuracy"] >= accuracy]
@@ -239,19 +621,22 @@ def choose_fnl(results: dict[float, dict], method: str, accuracy: float) -> floa
 
 
 def run_scan(config_path: str | Path, device: str = "auto", progress: bool = True,
-             only: list[str] | None = None) -> Path:
+             only: list[str] | None = None, rerun_changed: bool = False) -> Path:
     """Run the experiment of ``config_path`` once per value of its ``fnl_values``.
 
     Each value gets its own sub-folder ``<out>/fnl_<value>`` (resumable like the
-    pipeline); accuracies are collected into ``<out>/fnl_scan.md`` and ``fnl_scan.png``,
-    with the f_NL that the config's ``choose_fnl`` rule picks (:func:`choose_fnl`).
+    pipeline); accuracies of the models whose whole chain is current are collected into
+    ``<out>/fnl_scan.md`` and ``fnl_scan.png``, with the f_NL that the config's
+    ``choose_fnl`` rule picks (:func:`choose_fnl`).
     """
+    from cmbscat.metrics import wilson_interval
+
     cfg = load_config(config_path)
     if "fnl_values" not in cfg:
         raise CmbscatError(f"{config_path} has no fnl_values list to scan")
     models = select_models(cfg, only)
     out = Path(cfg["out"])
-    results = {}
+    results: dict[float, dict[str, dict]] = {}
     for fnl in cfg["fnl_values"]:
         sub = {**cfg, "out": str(out / f"fnl_{fnl:g}"), "table": str(out / f"fnl_{fnl:g}" / "table.md"),
                "simulate": {**cfg["simulate"], "fnl": fnl}, "config_name": str(config_path)}
@@ -259,23 +644,28 @@ def run_scan(config_path: str | Path, device: str = "auto", progress: bool = Tru
         sub.pop("choose_fnl", None)
         sub_path = out / f"fnl_{fnl:g}" / "config.json"
         sub_path.parent.mkdir(parents=True, exist_ok=True)
-        sub_path.write_text(json.dumps(sub, indent=2))
+        atomic_write_text(sub_path, json.dumps(sub, indent=2))
         click.echo(f"== f_NL {fnl:g}", err=True)
-        run_pipeline(sub_path, device, progress, only=models)
-        # every model finished so far at this f_NL, also those of an earlier --models run
-        results[fnl] = {m: json.loads(path.read_text()) for m in cfg["models"]
-                        if (path := Path(sub["out"]) / "runs" / m / "metrics.json").exists()}
+        run_pipeline(sub_path, device, progress, only=models, rerun_changed=rerun_changed)
+        # every model current at this f_NL, also those of an earlier --models run
+        current = current_results({**sub, "config_name": str(sub_path)})
+        results[fnl] = {}
+        for model, res in current.items():
+            acc, n = float(res.accuracies.mean()), int(res.labels.size)
+            results[fnl][model] = {"accuracy": acc, "interval68": list(wilson_interval(acc * n, n)),
+                                   "seeds": len(res.seeds)}
     table = out / "fnl_scan.md"
     shown = [m for m in cfg["models"] if any(m in res for res in results.values())]
     sim = cfg["simulate"]
     lines = [f"# Accuracy against f_NL at lmax {sim['lmax']}", "",
              f"{sim['n_train']} training and {sim['n_test']} test maps per f_NL (half non-Gaussian); "
-             f"generated by `cmbscat pipeline {config_path} --scan`.", "",
-             "| f_NL | " + " | ".join(METHOD_NAMES[m] for m in shown) + " |",
+             f"generated by `cmbscat pipeline {config_path} --scan`. Brackets: 68 % Wilson "
+             "intervals of the test-map sampling.", "",
+             "| f_NL | " + " | ".join(METHOD_NAMES.get(m, m) for m in shown) + " |",
              "|---|" + "---|" * len(shown)]
     for fnl, res in results.items():
-        cells = [f"{100 * res[m]['accuracy']:.1f} ± {100 * res[m]['accuracy_se']:.1f} %"
-                 if m in res else "—" for m in shown]
+        cells = [f"{_percent(res[m]['accuracy'])} % [{_percent(res[m]['interval68'][0])}, "
+                 f"{_percent(res[m]['interval68'][1])}]" if m in res else "—" for m in shown]
         lines.append(f"| {fnl:g} | " + " | ".join(cells) + " |")
     rule = cfg.get("choose_fnl")
     if rule:
@@ -284,7 +674,7 @@ def run_scan(config_path: str | Path, device: str = "auto", progress: bool = Tru
                       f"smallest scanned f_NL at which the {METHOD_NAMES[rule['method']]} baseline "
                       f"reaches {100 * rule['accuracy']:g} % test accuracy: "
                       + (f"**f_NL = {chosen:g}**." if chosen is not None else "no scanned value does.")]
-    table.write_text("\n".join(lines) + "\n")
+    atomic_write_text(table, "\n".join(lines) + "\n")
     _plot_scan(out / "fnl_scan.png", results, shown)
     click.echo(table.read_text(), err=True)
     return table
@@ -300,13 +690,15 @@ def _plot_scan(path: Path, results: dict, models: list[str]) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in models:
         have = [f for f in fnls if m in results[f]]
-        acc = [100 * results[f][m]["accuracy"] for f in have]
-        err = [100 * results[f][m]["accuracy_se"] for f in have]
-        ax.errorbar(have, acc, yerr=err, marker="o", capsize=3, label=METHOD_NAMES[m])
+        acc = np.array([100 * results[f][m]["accuracy"] for f in have])
+        low = np.array([100 * results[f][m]["interval68"][0] for f in have])
+        high = np.array([100 * results[f][m]["interval68"][1] for f in have])
+        ax.errorbar(have, acc, yerr=np.clip([acc - low, high - acc], 0, None), marker="o", capsize=3,
+                    label=METHOD_NAMES.get(m, m))
     ax.axhline(50, color="k", ls=":", lw=1)
     ax.set_xscale("log")
     ax.set_xlabel("f_NL (Sachs-Wolfe toy model)")
-    ax.set_ylabel("test accuracy [%]")
+    ax.set_ylabel("test accuracy [%] (68 % Wilson intervals)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
