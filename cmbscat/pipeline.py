@@ -285,7 +285,7 @@ class Experiment:
         return self.out / f"scat_{split}.h5"
 
     def simulate_stage(self, split: str) -> Stage:
-        from cmbscat.simulate import SimulationConfig, simulate, simulation_params
+        from cmbscat.simulate import SimulationConfig, simulate, simulation_defaults, simulation_params
 
         n_maps, seed = _split_sizes(self.sim, split)
         config = SimulationConfig(n_maps=n_maps, nside=self.sim["nside"], lmax=self.sim["lmax"],
@@ -303,7 +303,7 @@ class Experiment:
 
         return Stage(f"simulate {split}", path, lambda: simulation_params(config),
                      lambda: _sharded_record(path, shards), run,
-                     lambda: _discard_item_output(path, shards))
+                     lambda: _discard_item_output(path, shards), simulation_defaults())
 
     def scatter_stage(self, split: str) -> Stage:
         from cmbscat.scatter_stage import scatter, scatter_plan

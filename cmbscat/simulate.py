@@ -7,7 +7,7 @@ map can be regenerated without the others (:func:`simulate_sky`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import healpy as hp
@@ -102,6 +102,12 @@ def simulate_sky(seed: int, label: int, nside: int, lmax: int, fnl: float,
     return SkySimulator(nside, lmax, fnl).sky(seed, label, store)
 
 
+def simulation_defaults() -> dict:
+    """Defaults of SimulationConfig's optional settings: a file written before a setting
+    existed, and so lacking it in its record, matches a config that leaves it at default."""
+    return {f.name: f.default for f in fields(SimulationConfig) if f.default is not MISSING}
+
+
 def simulation_params(config: SimulationConfig, shard: Shard | None = None) -> dict:
     """The parameters a sims file records (attribute ``cmbscat_params``): they define its content.
 
@@ -122,7 +128,8 @@ def simulate(out_path: str | Path, config: SimulationConfig, shard: Shard | None
     """
     config.validate()
     start, stop = shard.bounds(config.n_maps) if shard else (0, config.n_maps)
-    writer = ItemWriter(out_path, simulation_params(config, shard), start, stop)
+    writer = ItemWriter(out_path, simulation_params(config, shard), start, stop,
+                        defaults=simulation_defaults())
     if writer.complete:
         return 0
     seeds, labels = map_seeds(config.seed, config.n_maps), map_labels(config.n_maps)
