@@ -24,8 +24,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cmbscat.scattering import Scattering  # noqa: E402
-from cmbscat.spectra import gaussian_alm, planck2018_cl  # noqa: E402
+from cmbscat.scattering.transform import Scattering  # noqa: E402
+from cmbscat.sky.spectra import gaussian_alm, planck2018_cl  # noqa: E402
 
 
 def main():

@@ -22,11 +22,11 @@ import time
 import healpy as hp
 import numpy as np
 
-from cmbscat.datasets import iter_alm, read_labels
-from cmbscat.features import one_point_statistics
-from cmbscat.metrics import classification_metrics
-from cmbscat.scattering import nside_for_band
-from cmbscat.train import classical_classifier
+from cmbscat.experiment.datasets import iter_alm, read_labels
+from cmbscat.stats.onepoint import one_point_statistics
+from cmbscat.experiment.metrics import classification_metrics
+from cmbscat.scattering.transform import nside_for_band
+from cmbscat.experiment.train import classical_classifier
 
 
 def features(path: str, lmax_cut: int, nside: int) -> np.ndarray:

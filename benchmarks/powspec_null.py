@@ -24,9 +24,9 @@ import numpy as np
 from scipy import stats
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from cmbscat.datasets import classical_features, read_labels
-from cmbscat.metrics import classification_metrics
-from cmbscat.train import TrainConfig, classical_classifier, split_indices
+from cmbscat.experiment.datasets import classical_features, read_labels
+from cmbscat.experiment.metrics import classification_metrics
+from cmbscat.experiment.train import TrainConfig, classical_classifier, split_indices
 
 
 def main() -> None:

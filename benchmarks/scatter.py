@@ -35,8 +35,8 @@ from pathlib import Path
 import healpy as hp
 import numpy as np
 
-from cmbscat.scattering import Scattering
-from cmbscat.spectra import gaussian_alm, planck2018_cl
+from cmbscat.scattering.transform import Scattering
+from cmbscat.sky.spectra import gaussian_alm, planck2018_cl
 
 
 def child_memory(lmax: int, nside: int, depth: int, J0: int, do_scatter: bool) -> None:

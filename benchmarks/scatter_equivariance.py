@@ -26,8 +26,8 @@ import healpy as hp
 import numpy as np
 
 from cmbscat.healpix import rotate_alm
-from cmbscat.scattering import Scattering, alm_weights
-from cmbscat.spectra import gaussian_alm, planck2018_cl
+from cmbscat.scattering.transform import Scattering, alm_weights
+from cmbscat.sky.spectra import gaussian_alm, planck2018_cl
 
 
 def random_rotations(n: int, seed: int) -> list[tuple[float, float, float]]:

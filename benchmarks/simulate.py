@@ -15,7 +15,7 @@ import time
 import healpy as hp
 import numpy as np
 
-from cmbscat.simulate import SkySimulator, map_seeds
+from cmbscat.sky.simulate import SkySimulator, map_seeds
 
 
 def main():

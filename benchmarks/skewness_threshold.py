@@ -14,7 +14,7 @@ import argparse
 import healpy as hp
 import numpy as np
 
-from cmbscat.simulate import SkySimulator, map_seeds
+from cmbscat.sky.simulate import SkySimulator, map_seeds
 
 
 def skewness(m):

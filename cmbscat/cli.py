@@ -84,8 +84,8 @@ def simulate(out, n_maps, nside, lmax, fnl, seed, ng_model, store, shard, progre
     harmonic transfer function so both classes have the same expected power
     spectrum. Re-running the same command resumes an interrupted run.
     """
-    from cmbscat.simulate import SimulationConfig
-    from cmbscat.simulate import simulate as run
+    from cmbscat.sky.simulate import SimulationConfig
+    from cmbscat.sky.simulate import simulate as run
     from cmbscat.store import Shard
 
     config = SimulationConfig(n_maps=n_maps, nside=nside, lmax=lmax, fnl=fnl, seed=seed,
@@ -128,8 +128,8 @@ def scatter(source, out, depth, J0, lam, lmax, oversample, min_nside, map2alm_it
     attributes. Uses /alm when IN has it, else /maps. Maps are processed one at a time;
     re-running the same command resumes an interrupted run.
     """
-    from cmbscat.scatter_stage import scatter as run
-    from cmbscat.scattering import DEFAULT_ITER, DEFAULT_OVERSAMPLE
+    from cmbscat.scattering.stage import scatter as run
+    from cmbscat.scattering.transform import DEFAULT_ITER, DEFAULT_OVERSAMPLE
     from cmbscat.store import Shard
 
     n_new = run(source, out, depth=depth, J0=J0, lam=lam, lmax=lmax,
@@ -173,8 +173,8 @@ def train(data, run_dir, model, epochs, batch_size, lr, weight_decay, val_fracti
     the model. The best epoch (lowest validation loss) is kept as model.pt; an
     interrupted run resumes from last.pt when the same command is run again.
     """
-    from cmbscat.train import TrainConfig
-    from cmbscat.train import train as run
+    from cmbscat.experiment.train import TrainConfig
+    from cmbscat.experiment.train import train as run
 
     config = TrainConfig(data=str(data), model=model, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, val_fraction=val_fraction, seed=seed,
@@ -200,7 +200,7 @@ def evaluate(run_dir, test, out_dir, device, progress):
     matrix [[TN, FP], [FN, TP]], n, and the hashes of the model file and of TEST),
     scores.npy (logits, float64) and roc.png.
     """
-    from cmbscat.evaluate import evaluate as run
+    from cmbscat.experiment.evaluate import evaluate as run
 
     m = run(run_dir, test, out_dir, device=device, progress=progress)
     low, high = m["accuracy_interval68"]
@@ -236,7 +236,7 @@ def pipeline(config, device, scan, models, rerun_changed, sealed, progress):
     records the config's settings and the content hashes of its inputs; an interrupted
     run resumes.
     """
-    from cmbscat.pipeline import run_pipeline, run_scan
+    from cmbscat.experiment.pipeline import run_pipeline, run_scan
 
     only = [m.strip() for m in models.split(",") if m.strip()] if models else None
     if scan:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cmbscat.evaluate import network_logits
-from cmbscat.metrics import classification_metrics, mcnemar_exact, paired_difference, wilson_interval
+from cmbscat.experiment.evaluate import network_logits
+from cmbscat.experiment.metrics import classification_metrics, mcnemar_exact, paired_difference, wilson_interval
 
 
 class _FixedLogits(torch.nn.Module):

@@ -188,7 +188,7 @@ def test_unknown_model_setting_is_refused(tmp_path):
 
 
 def test_fnl_rule_picks_the_smallest_value_reaching_the_accuracy():
-    from cmbscat.pipeline import choose_fnl
+    from cmbscat.experiment.pipeline import choose_fnl
 
     results = {40: {"onepoint": {"accuracy": 0.9}}, 10: {"onepoint": {"accuracy": 0.55}},
                20: {"onepoint": {"accuracy": 0.76}, "hybrid": {"accuracy": 0.99}}, 30: {}}

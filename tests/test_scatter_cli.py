@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cmbscat import scatter_stage
+from cmbscat.scattering import stage as scatter_stage
 from cmbscat.cli import main
-from cmbscat.scattering import Scattering
+from cmbscat.scattering.transform import Scattering
 
 LMAX, NSIDE, N = 31, 16, 4
 ARGS = ["--depth", "2", "--J0", "3", "--no-progress"]

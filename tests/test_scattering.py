@@ -8,8 +8,8 @@ import pytest
 
 from cmbscat.errors import CmbscatError
 from cmbscat.healpix import rotate_alm
-from cmbscat.scattering import Scattering, alm_weights, nside_for_band
-from cmbscat.spectra import gaussian_alm, planck2018_cl
+from cmbscat.scattering.transform import Scattering, alm_weights, nside_for_band
+from cmbscat.sky.spectra import gaussian_alm, planck2018_cl
 
 LMAX = 127
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from cmbscat.errors import CmbscatError
-from cmbscat.nongaussian import T_CMB_UK, LocalFNL
-from cmbscat.simulate import (SimulationConfig, SkySimulator, map_labels, map_seeds,
+from cmbscat.sky.nongaussian import T_CMB_UK, LocalFNL
+from cmbscat.sky.simulate import (SimulationConfig, SkySimulator, map_labels, map_seeds,
                               simulate, simulate_sky)
-from cmbscat.spectra import gaussian_alm, planck2018_cl
+from cmbscat.sky.spectra import gaussian_alm, planck2018_cl
 from cmbscat.store import combine_shards
 
 from conftest import assert_one_line_error, run_cli
@@ -205,7 +205,7 @@ def test_shards_combine_to_the_whole(tmp_path):
 
 def test_memory_does_not_grow_with_the_number_of_maps(tmp_path):
     def peak_mb(n):
-        code = ("import resource, cmbscat.simulate as s;"
+        code = ("import resource, cmbscat.sky.simulate as s;"
                 f"s.simulate('m{n}.h5', s.SimulationConfig({n}, 128, 255, 1000.0, 0, store='maps'),"
                 " progress=False);"
                 "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cmbscat.errors import CmbscatError
-from cmbscat.spectra import gaussian_alm, pixel_variance, planck2018_cl, squared_field_cl
+from cmbscat.sky.spectra import gaussian_alm, pixel_variance, planck2018_cl, squared_field_cl
 
 
 def test_planck_table_is_a_cmb_spectrum():

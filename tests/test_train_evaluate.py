@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from cmbscat.metrics import classification_metrics
-from cmbscat.simulate import SimulationConfig, simulate
-from cmbscat.train import TrainConfig, split_indices, train
-from cmbscat.evaluate import evaluate
+from cmbscat.experiment.metrics import classification_metrics
+from cmbscat.sky.simulate import SimulationConfig, simulate
+from cmbscat.experiment.train import TrainConfig, split_indices, train
+from cmbscat.experiment.evaluate import evaluate
 
 from conftest import assert_one_line_error, run_cli
 
@@ -87,7 +87,7 @@ def test_network_training_resumes_where_it_stopped(sims, tmp_path, monkeypatch):
     """Interrupt after epoch 1 of 3; the re-run continues and ends where an uninterrupted run does."""
     import torch
 
-    import cmbscat.train as train_module
+    import cmbscat.experiment.train as train_module
 
     config = TrainConfig(data=str(sims["train"]), model="baseline", epochs=3, batch_size=8,
                          baseline_nside=8, baseline_lmax=15)
@@ -118,7 +118,7 @@ def test_network_training_resumes_where_it_stopped(sims, tmp_path, monkeypatch):
 
 
 def test_early_stopping_counts_epochs_since_the_best_validation_loss():
-    from cmbscat.train import _stop_early
+    from cmbscat.experiment.train import _stop_early
 
     history = [{"epoch": e + 1, "val_loss": v} for e, v in enumerate([0.7, 0.5, 0.6, 0.55])]
     assert not _stop_early(history, 0)  # 0: never

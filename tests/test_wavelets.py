@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cmbscat.errors import CmbscatError
-from cmbscat.wavelets import axisym_kernels, k_lam, kappa_lam, n_scales, support
+from cmbscat.scattering.wavelets import axisym_kernels, k_lam, kappa_lam, n_scales, support
 
 CASES = [(1023, 2.0, 5), (1023, 2.0, 0), (127, 2.0, 3), (100, 1.5, 2), (63, 3.0, 1),
          (200, 2.5, 4), (31, 2.0, 5), (10, 1.2, 0)]

@@ -28,9 +28,9 @@ from tqdm import tqdm
 
 from cmbscat import __version__
 from cmbscat.errors import CmbscatError
-from cmbscat.scattering import DEFAULT_ITER, DEFAULT_OVERSAMPLE, Scattering, default_J0, resize_alm
+from cmbscat.scattering.transform import DEFAULT_ITER, DEFAULT_OVERSAMPLE, Scattering, default_J0, resize_alm
 from cmbscat.store import ItemWriter, Shard, content_hash, file_sha256
-from cmbscat.wavelets import n_scales
+from cmbscat.scattering.wavelets import n_scales
 
 INPUT_MAP2ALM_ITER = 3  # maps given as input (no /alm): map2alm iterations, ~4e-7 relative error
 
@@ -173,7 +173,7 @@ def scatter(in_path: str | Path, out_path: str | Path, depth: int = 2, J0: int |
     lmax : band-limit of the transform; default the source's (sims: its ``lmax``
         attribute; FITS: 3 nside - 1); larger values are refused.
     J0 : default :func:`cmbscat.scattering.default_J0` (5 for lam = 2: nside_out 16).
-    Other parameters: see :class:`cmbscat.scattering.Scattering`.
+    Other parameters: see :class:`cmbscat.scattering.transform.Scattering`.
 
     Returns the number of maps computed by this call (0 if the file was complete).
     """

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cmbscat.datasets import read_labels
+from cmbscat.experiment.datasets import read_labels
 from cmbscat.errors import CmbscatError
-from cmbscat.metrics import classification_metrics, roc_points
+from cmbscat.experiment.metrics import classification_metrics, roc_points
 from cmbscat.store import atomic_write_text, content_hash, file_sha256
-from cmbscat.train import model_inputs, resolve_device
+from cmbscat.experiment.train import model_inputs, resolve_device
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, Path]:

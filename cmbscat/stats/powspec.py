@@ -1,7 +1,7 @@
-"""Classical summary statistics a cosmologist would try first.
+"""Binned angular power spectrum: the statistic a cosmologist tries first.
 
-* binned angular power spectrum (from band-limited a_lm);
-* one-point statistics of the full-resolution map: skewness and excess kurtosis.
+A classifier on it must sit at chance: both classes have the same expected C_l
+(DESIGN.md, the transfer function of :mod:`cmbscat.sky.nongaussian`).
 """
 
 from __future__ import annotations
@@ -23,11 +23,3 @@ def binned_power_spectrum(alm: np.ndarray, lmax: int, edges: np.ndarray) -> np.n
     weights = 2 * ell + 1
     out = [np.sum((weights * cl)[lo:hi]) / np.sum(weights[lo:hi]) for lo, hi in zip(edges[:-1], edges[1:])]
     return np.log10(np.asarray(out))
-
-
-def one_point_statistics(sky_map: np.ndarray) -> np.ndarray:
-    """(skewness, excess kurtosis) of a map's pixel values; shape (2,)."""
-    d = np.asarray(sky_map, dtype=np.float64)
-    d = d - d.mean()
-    var = np.mean(d * d)
-    return np.array([np.mean(d**3) / var**1.5, np.mean(d**4) / var**2 - 3.0])

@@ -1,7 +1,7 @@
 """Scale-discretised axisymmetric wavelets on the sphere (Leistedt et al. 2013; S2LET).
 
 Filters only: this module builds the harmonic-space kernels; the transforms that
-use them live in :mod:`cmbscat.scattering`.
+use them live in :mod:`cmbscat.scattering.transform`.
 
 Definitions (DESIGN.md, "Spherical wavelets and scattering"):
 

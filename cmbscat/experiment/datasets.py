@@ -10,8 +10,9 @@ import numpy as np
 from tqdm import tqdm
 
 from cmbscat.errors import CmbscatError
-from cmbscat.features import binned_power_spectrum, one_point_statistics, power_spectrum_bins
-from cmbscat.scatter_stage import open_source
+from cmbscat.stats.onepoint import one_point_statistics
+from cmbscat.stats.powspec import binned_power_spectrum, power_spectrum_bins
+from cmbscat.scattering.stage import open_source
 
 
 def file_kind(path: str | Path) -> str:

@@ -92,7 +92,7 @@ def model_inputs(kind: str, path: str, meta: dict | None = None,
     Returns (x, meta): x is (N, C, npix) float32 for the networks or (N, F) for the
     classical models. ``meta`` (from training) fixes the geometry when evaluating.
     """
-    from cmbscat import datasets
+    from cmbscat.experiment import datasets
 
     if kind == "hybrid":
         x, found = datasets.scattering_inputs(path)
@@ -195,7 +195,7 @@ def train(run_dir: str | Path, config: TrainConfig, device: str = "auto",
     run_dir = Path(run_dir)
     if not Path(config.data).exists():
         raise CmbscatError(f"no such file: {config.data}")
-    from cmbscat.datasets import require_kind
+    from cmbscat.experiment.datasets import require_kind
 
     # check the input before anything is written, so a refused run leaves no folder behind
     require_kind(config.data, "scattering" if config.model == "hybrid" else "sims",
@@ -224,7 +224,7 @@ def classical_classifier():
 
 
 def _train_classical(run_dir: Path, config: TrainConfig, progress: bool) -> dict:
-    from cmbscat.datasets import read_labels
+    from cmbscat.experiment.datasets import read_labels
 
     x, _ = model_inputs(config.model, config.data, progress=progress)
     labels = read_labels(config.data)
@@ -275,7 +275,7 @@ def _train_network(run_dir: Path, config: TrainConfig, device: str, progress: bo
     import torch
     import torch.nn.functional as F
 
-    from cmbscat.datasets import read_labels
+    from cmbscat.experiment.datasets import read_labels
     from cmbscat.nn.models import build_model
 
     device = resolve_device(device)

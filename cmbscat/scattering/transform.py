@@ -1,7 +1,7 @@
 """Rotation-equivariant spherical scattering transform on HEALPix, multiresolution.
 
-Transform only: the filters come from :mod:`cmbscat.wavelets`; the file-to-file
-``scatter`` stage lives in :mod:`cmbscat.scatter_stage`.
+Transform only: the filters come from :mod:`cmbscat.scattering.wavelets`; the file-to-file
+``scatter`` stage lives in :mod:`cmbscat.scattering.stage`.
 
 Definitions (DESIGN.md): U[j] f = |f * Psi_j|; for a path p = (j1, ..., jd),
 U[p] f = |...||f * Psi_j1| * Psi_j2| ... * Psi_jd|; S[p] f = U[p] f * Phi, and
@@ -46,7 +46,7 @@ import numpy as np
 
 from cmbscat.errors import CmbscatError
 from cmbscat.healpix import alm_ell_m, alm_size, check_nside_lmax
-from cmbscat.wavelets import axisym_kernels, n_scales, support
+from cmbscat.scattering.wavelets import axisym_kernels, n_scales, support
 
 DEFAULT_OVERSAMPLE = 1.0
 DEFAULT_ITER = 0

@@ -12,7 +12,7 @@ The quadratic term adds power, C^T_l = C_l + a^2 D_l with D_l the spectrum of g^
 (the cross term vanishes: odd moments of a Gaussian are zero). So that the two
 classes have the same expected spectrum, the non-Gaussian a_lm are multiplied by
 the fixed, ensemble-level transfer function sqrt(C_l / (C_l + a^2 D_l)), with D_l
-computed exactly (:func:`cmbscat.spectra.squared_field_cl`), never per map.
+computed exactly (:func:`cmbscat.sky.spectra.squared_field_cl`), never per map.
 
 Approximations, stated plainly: the Sachs-Wolfe relation is applied to the whole
 lensed temperature map, acoustic peaks included, rather than to the primordial
@@ -29,7 +29,7 @@ import healpy as hp
 import numpy as np
 
 from cmbscat.healpix import alm_ell_m
-from cmbscat.spectra import pixel_variance, squared_field_cl
+from cmbscat.sky.spectra import pixel_variance, squared_field_cl
 
 T_CMB_UK = 2.7255e6  # CMB monopole temperature in uK (Fixsen 2009)
 

@@ -285,7 +285,7 @@ class Experiment:
         return self.out / f"scat_{split}.h5"
 
     def simulate_stage(self, split: str) -> Stage:
-        from cmbscat.simulate import SimulationConfig, simulate, simulation_defaults, simulation_params
+        from cmbscat.sky.simulate import SimulationConfig, simulate, simulation_defaults, simulation_params
 
         n_maps, seed = _split_sizes(self.sim, split)
         config = SimulationConfig(n_maps=n_maps, nside=self.sim["nside"], lmax=self.sim["lmax"],
@@ -306,7 +306,7 @@ class Experiment:
                      lambda: _discard_item_output(path, shards), simulation_defaults())
 
     def scatter_stage(self, split: str) -> Stage:
-        from cmbscat.scatter_stage import scatter, scatter_plan
+        from cmbscat.scattering.stage import scatter, scatter_plan
 
         sims, path = self.sims_path(split), self.scat_path(split)
         shards = shard_paths_for(path, self.workers)
@@ -332,7 +332,7 @@ class Experiment:
         return self.out / "runs" / model / f"seed{seed}"
 
     def train_config(self, model: str, seed: int):
-        from cmbscat.train import TrainConfig
+        from cmbscat.experiment.train import TrainConfig
 
         settings = {k: v for k, v in self.cfg["models"][model].items() if k not in ("seeds", "seed")}
         unknown = sorted(set(settings) - set(TrainConfig.__dataclass_fields__) - {"data", "model"})
@@ -341,7 +341,7 @@ class Experiment:
         return TrainConfig(data=str(self.data_path(model, "train")), model=model, seed=seed, **settings)
 
     def train_stage(self, model: str, seed: int) -> Stage:
-        from cmbscat.train import read_run_record, record_defaults, run_record, train
+        from cmbscat.experiment.train import read_run_record, record_defaults, run_record, train
 
         config, run_dir = self.train_config(model, seed), self.run_dir(model, seed)
 
@@ -360,7 +360,7 @@ class Experiment:
         return run_dir if split == "test" else run_dir / split
 
     def evaluate_stage(self, model: str, seed: int, split: str) -> Stage:
-        from cmbscat.evaluate import evaluate, evaluation_record
+        from cmbscat.experiment.evaluate import evaluate, evaluation_record
 
         run_dir, data = self.run_dir(model, seed), self.data_path(model, split)
         out = self.eval_dir(model, seed, split)
@@ -423,7 +423,7 @@ class ModelResult:
 
     @property
     def correct(self) -> np.ndarray:
-        from cmbscat.metrics import correct_predictions
+        from cmbscat.experiment.metrics import correct_predictions
 
         return correct_predictions(self.labels, self.logits)
 
@@ -433,7 +433,7 @@ class ModelResult:
 
 
 def _load_result(exp: Experiment, model: str, split: str) -> ModelResult:
-    from cmbscat.datasets import read_labels
+    from cmbscat.experiment.datasets import read_labels
 
     seeds = model_seeds(exp.cfg["models"][model])
     metrics, logits = [], []
@@ -521,7 +521,7 @@ def _percent(x: float) -> str:
 
 def accuracy_cells(result: ModelResult) -> tuple[str, str, str]:
     """(accuracy, 68 % Wilson interval of the test sampling, training-seed spread) cells."""
-    from cmbscat.metrics import wilson_interval
+    from cmbscat.experiment.metrics import wilson_interval
 
     acc = result.accuracies
     n = result.labels.size
@@ -586,7 +586,7 @@ def results_table(cfg: dict, results: dict[str, dict[str, ModelResult]], timings
 
 def paired_table(cfg: dict, by_model: dict[str, ModelResult]) -> list[str]:
     """Markdown rows: each reference method minus every other, paired on the same test maps."""
-    from cmbscat.metrics import paired_difference
+    from cmbscat.experiment.metrics import paired_difference
 
     references = [m for m in cfg.get("compare_to", ["hybrid"]) if m in by_model]
     rows = []
@@ -629,7 +629,7 @@ def run_scan(config_path: str | Path, device: str = "auto", progress: bool = Tru
     ``<out>/fnl_scan.md`` and ``fnl_scan.png``, with the f_NL that the config's
     ``choose_fnl`` rule picks (:func:`choose_fnl`).
     """
-    from cmbscat.metrics import wilson_interval
+    from cmbscat.experiment.metrics import wilson_interval
 
     cfg = load_config(config_path)
     if "fnl_values" not in cfg:

@@ -17,8 +17,8 @@ from tqdm import tqdm
 from cmbscat import __version__
 from cmbscat.errors import CmbscatError
 from cmbscat.healpix import check_nside_lmax
-from cmbscat.nongaussian import LocalFNL
-from cmbscat.spectra import CL_SOURCE, gaussian_alm, planck2018_cl
+from cmbscat.sky.nongaussian import LocalFNL
+from cmbscat.sky.spectra import CL_SOURCE, gaussian_alm, planck2018_cl
 from cmbscat.store import ItemWriter, Shard
 
 STORE_CHOICES = ("alm", "maps", "both")
