@@ -58,3 +58,19 @@ def test_squared_field_spectrum_matches_monte_carlo():
     # and the pixel variance is the sum of the spectrum
     assert np.isclose(sigma2, np.mean([np.var(hp.alm2map(gaussian_alm(cl, rng), nside, lmax=lmax))
                                        for _ in range(50)]), rtol=0.2)
+
+
+def test_synthesis_matches_healpy():
+    """ducc0 synthesis: the scalar map as healpy.alm2map, the spin-1 gradient as alm2map_der1."""
+    import healpy as hp
+
+    from cmbscat.healpix import alm_ell_m, synthesis
+
+    lmax, nside = 47, 16
+    alm = gaussian_alm(planck2018_cl(lmax), np.random.default_rng(5))
+    scale = np.abs(hp.alm2map(alm, nside, lmax=lmax)).max()
+    assert np.abs(synthesis(alm, nside, lmax) - hp.alm2map(alm, nside, lmax=lmax)).max() < 1e-12 * scale
+    ell = alm_ell_m(lmax)[0]
+    gradient = synthesis(alm * np.sqrt(ell * (ell + 1.0)), nside, lmax, spin=1)
+    _, d_theta, d_phi = hp.alm2map_der1(alm, nside, lmax=lmax)
+    assert np.abs(gradient - np.stack([d_theta, d_phi])).max() < 1e-11 * np.abs(d_theta).max()
