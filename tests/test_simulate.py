@@ -1,4 +1,5 @@
-"""The simulate stage: the two classes, determinism, resume, sharding, refused inputs."""
+"""The simulate stage: the two classes (local f_NL and g_NL models), determinism, resume,
+sharding, refused inputs."""
 
 import os
 import signal
@@ -6,15 +7,17 @@ import subprocess
 import sys
 import time
 
+import json
+
 import h5py
 import healpy as hp
 import numpy as np
 import pytest
 
 from cmbscat.errors import CmbscatError
-from cmbscat.sky.nongaussian import T_CMB_UK, LocalFNL
+from cmbscat.sky.nongaussian import T_CMB_UK, LocalFNL, LocalGNL
 from cmbscat.sky.simulate import (SimulationConfig, SkySimulator, map_labels, map_seeds,
-                              simulate, simulate_sky)
+                              resolve_ng_amplitudes, simulate, simulate_sky)
 from cmbscat.sky.spectra import gaussian_alm, planck2018_cl
 from cmbscat.store import combine_shards
 
@@ -28,8 +31,31 @@ def skewness(m):
     return np.mean(d**3) / np.mean(d**2) ** 1.5
 
 
+def excess_kurtosis(m):
+    d = m - m.mean()
+    return np.mean(d**4) / np.mean(d**2) ** 2 - 3
+
+
 def binned(cl_rows, edges):
     return np.stack([cl_rows[:, lo:hi].mean(1) for lo, hi in zip(edges[:-1], edges[1:])], 1)
+
+
+def assert_same_binned_spectrum(cls0, cls1):
+    """Mean spectra of two ensembles (rows of alm2cl, lmax 127) agree bin by bin."""
+    edges = np.array([2, 8, 16, 32, 48, 64, 80, 96, 112, 128])
+    b0, b1 = binned(cls0, edges), binned(cls1, edges)
+    se = np.sqrt(b0.var(0, ddof=1) / len(b0) + b1.var(0, ddof=1) / len(b1))
+    z = (b1.mean(0) - b0.mean(0)) / se
+    assert np.all(np.abs(z) < 4), z
+    assert np.sum(z**2) < 30  # chi^2 with 9 dof: p ~ 4e-4
+
+
+def detectable_without_transfer(sim, excess, n_maps):
+    """Summed over l, how many standard errors (squared) a relative excess ``excess``
+    (shape (lmax-1,), for l >= 2) would shift the mean spectrum of ``n_maps`` maps."""
+    ell = np.arange(2, sim.lmax + 1)
+    per_ell_noise = np.sqrt(2 / ((2 * ell + 1) * n_maps))
+    return np.sum((excess / per_ell_noise) ** 2)
 
 
 @pytest.fixture(scope="module")
@@ -56,22 +82,15 @@ def test_gaussian_mean_spectrum_is_the_input(ensemble):
 
 def test_classes_have_the_same_binned_spectrum(ensemble):
     sim, data = ensemble
-    edges = np.array([2, 8, 16, 32, 48, 64, 80, 96, 112, 128])
-    b0, b1 = binned(data[0][0], edges), binned(data[1][0], edges)
-    se = np.sqrt(b0.var(0, ddof=1) / len(b0) + b1.var(0, ddof=1) / len(b1))
-    z = (b1.mean(0) - b0.mean(0)) / se
-    assert np.all(np.abs(z) < 4), z
-    assert np.sum(z**2) < 30  # chi^2 with 9 dof: p ~ 4e-4
+    assert_same_binned_spectrum(data[0][0], data[1][0])
 
 
 def test_without_the_transfer_function_the_spectra_would_differ(ensemble):
     """The rescaling is needed: the quadratic term's extra power is detectable here."""
     sim, data = ensemble
     excess = sim.local_fnl.a**2 * sim.local_fnl.quadratic_cl[2:] / sim.cl[2:]
-    ell = np.arange(2, sim.lmax + 1)
-    per_ell_noise = np.sqrt(2 / ((2 * ell + 1) * len(data[1][0])))
     # summed over ell the expected shift is many standard errors
-    assert np.sum((excess / per_ell_noise) ** 2) > 100
+    assert detectable_without_transfer(sim, excess, len(data[1][0])) > 100
 
 
 def test_non_gaussian_maps_have_negative_skewness(ensemble):
@@ -84,6 +103,64 @@ def test_non_gaussian_maps_have_negative_skewness(ensemble):
     assert np.mean(skew_ng < 0) > 0.9
     predicted = -6 * (3 * 3000 / T_CMB_UK) * np.sqrt(sim.local_fnl.sigma2)
     assert 0.3 < skew_ng.mean() / predicted < 1.5
+
+
+GNL = 3e6  # large (excess kurtosis ~0.35 against a one-map scatter ~0.06), so tests have power
+
+
+@pytest.fixture(scope="module")
+def gnl_ensemble(ensemble):
+    """120 g_NL maps at nside 64, lmax 127, g_NL = 3e6, and the 120 Gaussian maps of ``ensemble``
+    (the Gaussian class does not depend on the model)."""
+    gaussian_sim, data = ensemble
+    sim = SkySimulator(gaussian_sim.nside, gaussian_sim.lmax, ng_model="gnl", gnl=GNL)
+    cls, maps = [], []
+    for s in map_seeds(12, 240)[1::2]:
+        alm, _ = sim.alm(s, 1)
+        cls.append(hp.alm2cl(alm))
+        maps.append(hp.alm2map(alm, sim.nside, lmax=sim.lmax))
+    return sim, {0: data[0], 1: (np.array(cls), np.array(maps))}
+
+
+def test_gnl_classes_have_the_same_binned_spectrum(gnl_ensemble):
+    sim, data = gnl_ensemble
+    assert_same_binned_spectrum(data[0][0], data[1][0])
+
+
+def test_gnl_without_the_transfer_function_the_spectra_would_differ(gnl_ensemble):
+    """T = (1 + 3 b sigma^2) g + b h has (1 + 3 b sigma^2)^2 C_l + b^2 H_l: detectable here."""
+    sim, data = gnl_ensemble
+    ng = sim.non_gaussian
+    assert isinstance(ng, LocalGNL) and ng.b == 9 * GNL / T_CMB_UK**2
+    excess = (ng.linear**2 - 1) + ng.b**2 * ng.cubic_cl[2:] / sim.cl[2:]
+    assert detectable_without_transfer(sim, excess, len(data[1][0])) > 100
+    # the rescaling is O(b) (5 % here), not O(b^2) as for local: it undoes the linear factor,
+    # up to the b^2 H_l term (< 0.3 % here)
+    assert np.all(np.abs(ng.transfer[2:] - 1) > 0.04)
+    assert np.all(np.abs(ng.transfer[2:] * ng.linear - 1) < 0.005)
+
+
+def test_gnl_maps_have_positive_kurtosis_and_no_skewness(gnl_ensemble):
+    sim, data = gnl_ensemble
+    ng = sim.non_gaussian
+    kurt_g = np.array([excess_kurtosis(m) for m in data[0][1]])
+    kurt_ng = np.array([excess_kurtosis(m) for m in data[1][1]])
+    skew_ng = np.array([skewness(m) for m in data[1][1]])
+    assert abs(kurt_g.mean()) < 4 * kurt_g.std() / np.sqrt(len(kurt_g))
+    # T = g + b g^3 is odd in g: no skewness, positive kurtosis for g_NL > 0
+    assert abs(skew_ng.mean()) < 4 * skew_ng.std() / np.sqrt(len(skew_ng))
+    assert kurt_ng.mean() > 10 * kurt_ng.std() / np.sqrt(len(kurt_ng))
+    assert np.mean(kurt_ng > 0) > 0.9
+    # first order: 24 b sigma^2 times the fraction of <h^2> below lmax (~0.78 here)
+    assert 0.7 * 24 * ng.b * ng.sigma2 < ng.excess_kurtosis < 24 * ng.b * ng.sigma2
+    assert 0.85 < kurt_ng.mean() / ng.excess_kurtosis < 1.2, kurt_ng.mean() / ng.excess_kurtosis
+
+
+def test_gnl_zero_is_gaussian():
+    cl = planck2018_cl(LMAX)
+    alm = gaussian_alm(cl, np.random.default_rng(1))
+    model = LocalGNL(cl, NSIDE, 0.0)
+    assert model.excess_kurtosis == 0 and np.allclose(model(alm)[3:], alm[3:])
 
 
 def test_fnl_zero_is_gaussian():
@@ -101,7 +178,8 @@ def test_seeds_and_labels():
 
 def make(path, n=6, **kw):
     config = SimulationConfig(n_maps=n, nside=NSIDE, lmax=LMAX, fnl=kw.pop("fnl", 1000.0),
-                              seed=kw.pop("seed", 3), store=kw.pop("store", "both"))
+                              seed=kw.pop("seed", 3), store=kw.pop("store", "both"),
+                              ng_model=kw.pop("ng_model", "local"), gnl=kw.pop("gnl", 0.0))
     return simulate(path, config, progress=False, **kw)
 
 
@@ -120,12 +198,43 @@ def test_file_layout_and_regeneration_from_seed(tmp_path):
     for key in ("nside", "lmax", "ng_model", "ng_amplitude", "cl_source", "unit", "cmbscat_version"):
         assert key in attrs
     assert attrs["unit"] == "uK" and attrs["nside"] == NSIDE and attrs["lmax"] == LMAX
+    assert attrs["ng_model"] == "local" and attrs["ng_amplitude"] == attrs["fnl"] == 1000.0
+    assert attrs["gnl"] == 0.0 and "f_NL" in attrs["label_meaning"]
+    assert attrs["regenerate"] == (f"cmbscat simulate OUT.h5 --n-maps 6 --nside {NSIDE} --lmax {LMAX} "
+                                   "--ng-model local --fnl 1000.0 --seed 3 --store both")
     # any map from its seed alone, bitwise
     row = simulate_sky(data["seeds"][3], data["labels"][3], NSIDE, LMAX, 1000.0)
     assert np.array_equal(row["maps"], data["maps"][3]) and np.array_equal(row["alm"], data["alm"][3])
     # the map is the synthesis of the stored a_lm
     assert np.allclose(hp.alm2map(data["alm"][3].astype(complex), NSIDE, lmax=LMAX), data["maps"][3],
                        atol=1e-3)
+
+
+def test_gnl_file_records_its_model_and_regenerates(tmp_path):
+    make(tmp_path / "g.h5", n=4, fnl=0.0, ng_model="gnl", gnl=GNL)
+    data, attrs = read(tmp_path / "g.h5")
+    assert attrs["ng_model"] == "gnl" and attrs["ng_amplitude"] == attrs["gnl"] == GNL
+    assert attrs["fnl"] == 0.0 and "g_NL" in attrs["label_meaning"]
+    row = simulate_sky(data["seeds"][1], 1, NSIDE, LMAX, ng_model="gnl", gnl=GNL)
+    assert np.array_equal(row["alm"], data["alm"][1]) and np.array_equal(row["maps"], data["maps"][1])
+    # the recorded command rewrites the file bitwise
+    command = attrs["regenerate"].split()
+    assert command[:3] == ["cmbscat", "simulate", "OUT.h5"]
+    run_cli("simulate", "again.h5", *command[3:], "--no-progress", cwd=tmp_path, check=True)
+    again, _ = read(tmp_path / "again.h5")
+    assert all(np.array_equal(data[k], again[k]) for k in data)
+
+
+def test_file_without_gnl_in_its_record_still_matches(tmp_path):
+    """A file written before g_NL existed lacks the key; the same run finds it complete."""
+    make(tmp_path / "s.h5", n=2)
+    with h5py.File(tmp_path / "s.h5", "r+") as f:
+        params = json.loads(f.attrs["cmbscat_params"])
+        del params["gnl"]
+        f.attrs["cmbscat_params"] = json.dumps(params, sort_keys=True)
+    assert make(tmp_path / "s.h5", n=2) == 0
+    with pytest.raises(CmbscatError, match="gnl"):
+        make(tmp_path / "s.h5", n=2, fnl=0.0, ng_model="gnl", gnl=GNL)
 
 
 def test_determinism(tmp_path):
@@ -229,6 +338,46 @@ def test_bad_input_is_refused_in_one_line(tmp_path, args, fragment):
     proc = run_cli("simulate", tmp_path / "x.h5", "--no-progress", *args)
     assert_one_line_error(proc, fragment)
     assert not (tmp_path / "x.h5").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--fnl", "nan"], "--fnl must be a finite number"),
+    (["--ng-model", "gnl", "--gnl", "inf"], "--gnl must be a finite number"),
+    (["--ng-model", "gnl"], "needs --gnl"),
+    (["--ng-model", "gnl", "--gnl", "1e5", "--fnl", "1000"], "--fnl 1000.0 needs --ng-model local"),
+])
+def test_bad_amplitudes_are_refused_in_one_line(tmp_path, args, fragment):
+    proc = run_cli("simulate", tmp_path / "y.h5", "--n-maps", "2", "--no-progress", *args)
+    assert_one_line_error(proc, fragment)
+    assert not list(tmp_path.iterdir())   # nothing written, not even a partial folder
+
+
+@pytest.mark.parametrize("ng_model, fnl, gnl, fragment", [
+    ("local", float("nan"), 0.0, "--fnl"),
+    ("local", float("-inf"), 0.0, "--fnl"),
+    ("gnl", 0.0, float("nan"), "--gnl"),
+    ("gnl", 0.0, float("inf"), "--gnl"),
+    ("local", 1000.0, 1e5, "--gnl 100000.0 needs --ng-model gnl"),
+    ("gnl", 50.0, 1e5, "--fnl 50.0 needs --ng-model local"),
+    ("equilateral", 0.0, 0.0, "unknown --ng-model"),
+])
+def test_config_refuses_bad_amplitudes(ng_model, fnl, gnl, fragment):
+    config = SimulationConfig(n_maps=2, nside=NSIDE, lmax=LMAX, fnl=fnl, seed=0, ng_model=ng_model, gnl=gnl)
+    with pytest.raises(CmbscatError, match=fragment):
+        config.validate()
+    if ng_model in ("local", "gnl"):
+        with pytest.raises(CmbscatError, match=fragment):
+            SkySimulator(NSIDE, LMAX, fnl, ng_model, gnl)
+
+
+def test_cli_amplitude_defaults():
+    """--fnl's 1000 is the local model's default only; g_NL has no default."""
+    assert resolve_ng_amplitudes("local", None, None) == (1000.0, 0.0)
+    assert resolve_ng_amplitudes("local", 5.0, None) == (5.0, 0.0)
+    assert resolve_ng_amplitudes("gnl", None, 2e5) == (0.0, 2e5)
+    assert resolve_ng_amplitudes("gnl", 7.0, 2e5) == (7.0, 2e5)  # refused later, by validate
+    with pytest.raises(CmbscatError, match="needs --gnl"):
+        resolve_ng_amplitudes("gnl", None, None)
 
 
 def test_existing_output_with_other_parameters_is_refused(tmp_path):

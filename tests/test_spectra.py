@@ -1,11 +1,12 @@
-"""The input spectrum, Gaussian a_lm draws and the exact spectrum of g^2."""
+"""The input spectrum, Gaussian a_lm draws and the exact spectra of g^2 and g^3 - 3 sigma^2 g."""
 
 import healpy as hp
 import numpy as np
 import pytest
 
 from cmbscat.errors import CmbscatError
-from cmbscat.sky.spectra import gaussian_alm, pixel_variance, planck2018_cl, squared_field_cl
+from cmbscat.sky.spectra import (cubed_field_cl, gaussian_alm, pixel_variance, planck2018_cl,
+                                 squared_field_cl)
 
 
 def test_planck_table_is_a_cmb_spectrum():
@@ -58,6 +59,45 @@ def test_squared_field_spectrum_matches_monte_carlo():
     # and the pixel variance is the sum of the spectrum
     assert np.isclose(sigma2, np.mean([np.var(hp.alm2map(gaussian_alm(cl, rng), nside, lmax=lmax))
                                        for _ in range(50)]), rtol=0.2)
+
+
+def test_cubed_field_spectrum_matches_monte_carlo():
+    """Exact spectrum H_l of h = g^3 - 3 sigma^2 g vs h formed on a grid that resolves it
+    (g^3 reaches l = 3 lmax = 48 < 3 nside); h is uncorrelated with g at every l."""
+    lmax, nside, n = 16, 32, 300
+    cl = planck2018_cl(lmax)
+    expected = cubed_field_cl(cl)
+    rng = np.random.default_rng(1)
+    sigma2 = pixel_variance(cl)
+    auto, cross = [], []
+    for _ in range(n):
+        g_alm = gaussian_alm(cl, rng)
+        g = hp.alm2map(g_alm, nside, lmax=lmax)
+        h_alm = hp.map2alm(g * (g * g - 3 * sigma2), lmax=lmax, iter=3)
+        auto.append(hp.alm2cl(h_alm))
+        cross.append(hp.alm2cl(h_alm, g_alm))
+    auto, cross = np.array(auto)[:, 2:], np.array(cross)[:, 2:]
+    ratio = auto.mean(0) / expected[2:]
+    err = auto.std(0) / np.sqrt(n) / expected[2:]
+    assert np.all(np.abs(ratio - 1) < 5 * err), np.max(np.abs(ratio - 1) / err)
+    z_cross = cross.mean(0) / (cross.std(0) / np.sqrt(n))
+    assert np.all(np.abs(z_cross) < 5), np.abs(z_cross).max()
+
+
+def test_field_power_spectra_sum_to_the_variance():
+    """Exactness of the quadrature: the spectra vanish above their band limits (2 lmax for
+    g^2, 3 lmax for h) and sum to the pixel variances <(g^2 - sigma^2)^2> = 2 sigma^4 and
+    <h^2> = 6 sigma^6."""
+    lmax = 40
+    cl = planck2018_cl(lmax)
+    sigma2 = pixel_variance(cl)
+    for spectrum, limit, variance in ((squared_field_cl, 2 * lmax, 2 * sigma2**2),
+                                      (cubed_field_cl, 3 * lmax, 6 * sigma2**3)):
+        full = spectrum(cl, limit + 10)
+        ell = np.arange(full.size)
+        assert np.abs(full[limit + 1:]).max() < 1e-10 * full.max()
+        assert np.isclose(np.sum((2 * ell + 1) * full) / (4 * np.pi), variance, rtol=1e-8)
+        assert np.allclose(spectrum(cl), full[: lmax + 1], rtol=1e-10)
 
 
 def test_synthesis_matches_healpy():

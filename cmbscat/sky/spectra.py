@@ -81,6 +81,16 @@ def _legendre_transform(values: np.ndarray, x: np.ndarray, w: np.ndarray, lmax: 
     return 2 * np.pi * out
 
 
+def _correlation_at_nodes(cl: np.ndarray, degree: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gauss-Legendre nodes x = cos(theta) and weights w, exact for polynomials in x of
+    degree <= ``degree``, and the correlation function xi(x) = sum_l (2l+1)/(4 pi) C_l P_l(x)
+    of a field with spectrum ``cl`` at those nodes (units of cl)."""
+    x, w = roots_legendre(degree // 2 + 1)
+    ell = np.arange(len(cl))
+    xi = _legendre_series((2 * ell + 1) / (4 * np.pi) * np.asarray(cl, dtype=np.float64), x)
+    return x, w, xi
+
+
 def squared_field_cl(cl: np.ndarray, lmax_out: int | None = None) -> np.ndarray:
     """Angular power spectrum of g^2 for a Gaussian field g with spectrum ``cl``.
 
@@ -94,8 +104,32 @@ def squared_field_cl(cl: np.ndarray, lmax_out: int | None = None) -> np.ndarray:
     """
     lmax = len(cl) - 1
     lmax_out = lmax if lmax_out is None else lmax_out
-    n_nodes = (2 * lmax + lmax_out) // 2 + 1
-    x, w = roots_legendre(n_nodes)
-    ell = np.arange(lmax + 1)
-    xi = _legendre_series((2 * ell + 1) / (4 * np.pi) * cl, x)
+    x, w, xi = _correlation_at_nodes(cl, 2 * lmax + lmax_out)
     return _legendre_transform(2.0 * xi**2, x, w, lmax_out)
+
+
+def cubed_field_cl(cl: np.ndarray, lmax_out: int | None = None) -> np.ndarray:
+    """Angular power spectrum H_l of h = g^3 - 3 sigma^2 g for a Gaussian field g with spectrum ``cl``.
+
+    sigma^2 = <g^2> is the ensemble pixel variance (:func:`pixel_variance`). Subtracting
+    3 sigma^2 g removes exactly the part of g^3 correlated with g: <h(x) g(y)> = 0, and
+    by Wick's theorem the correlation function of h is 6 xi(theta)^3 (the 9 sigma^4 xi
+    terms of <g^3 g^3> cancel). So g^3 = 3 sigma^2 g + h splits the spectrum of g^3 into
+    9 sigma^4 C_l + H_l with no cross term. The Legendre coefficients of 6 xi^3 are
+    computed with Gauss-Legendre quadrature exact for xi^3 P_l (degree 3 lmax + lmax_out),
+    so the result is exact up to rounding; H_l vanishes for l > 3 lmax, and
+    sum_l (2l+1)/(4 pi) H_l over l <= 3 lmax equals <h^2> = 6 sigma^6.
+
+    Parameters
+    ----------
+    cl : (lmax+1,) spectrum of g, raw C_l (not l(l+1)C_l/2pi), e.g. uK^2.
+    lmax_out : largest multipole returned (default lmax; 3 lmax holds all of H_l).
+
+    Returns
+    -------
+    (lmax_out + 1,) float64, units of cl cubed (uK^6 for cl in uK^2).
+    """
+    lmax = len(cl) - 1
+    lmax_out = lmax if lmax_out is None else lmax_out
+    x, w, xi = _correlation_at_nodes(cl, 3 * lmax + lmax_out)
+    return _legendre_transform(6.0 * xi**3, x, w, lmax_out)
