@@ -49,6 +49,13 @@ def alm_ell_m(lmax: int) -> tuple[np.ndarray, np.ndarray]:
     return ell, m
 
 
+def resize_alm(alm: np.ndarray, lmax: int, new_lmax: int) -> np.ndarray:
+    """Truncate or zero-pad healpy-ordered a_lm (mmax = lmax) from lmax to new_lmax."""
+    if new_lmax == lmax:
+        return alm
+    return hp.resize_alm(alm, lmax, lmax, new_lmax, new_lmax)
+
+
 @functools.lru_cache(maxsize=8)
 def _ring_geometry(nside: int) -> dict:
     """ducc0's description of the HEALPix RING grid at ``nside`` (cached, read-only arrays)."""

@@ -344,6 +344,53 @@ def remove_output(path: str | os.PathLike) -> None:
     shutil.rmtree(path.with_name(path.name + ".partial"), ignore_errors=True)
 
 
+#: What identifies each kind of stage file (DESIGN.md "HDF5 layout"): datasets, not attributes.
+STAGE_FILE_LAYOUTS = {
+    "scattering": "/coeffs (N, C, npix_out) with attribute nside_out",
+    "stats": "/onepoint, /cubic, /minkowski, /powspec per map (cmbscat stats)",
+    "sims": "/labels with /alm and/or /maps and attributes nside, lmax",
+}
+STATS_DATASETS = ("powspec", "onepoint", "cubic", "minkowski")
+
+
+def file_kind(path: str | os.PathLike) -> str:
+    """``"sims"``, ``"scattering"`` or ``"stats"``: what a stage file is, read from its layout.
+
+    Recognised by its datasets, as the contract defines them, so a file written by
+    another program in the DESIGN.md layout is accepted without cmbscat's own ``kind``
+    attribute. One-line error for anything else, naming what is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CmbscatError(f"no such file: {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            names = set(f.keys())
+    except OSError:
+        raise CmbscatError(f"{path} is not a readable HDF5 file") from None
+    if "coeffs" in names:
+        return "scattering"
+    if names & set(STATS_DATASETS) and "alm" not in names and "maps" not in names:
+        return "stats"
+    if "labels" in names and names & {"alm", "maps"}:
+        return "sims"
+    if "labels" in names:
+        raise CmbscatError(f"{path} has /labels but no /alm and no /maps: a sims file needs one of them")
+    raise CmbscatError(f"{path} is not a cmbscat stage file: a sims file has /labels with /alm or "
+                       "/maps, a scattering file /coeffs, a statistics file /onepoint, /cubic, ...")
+
+
+def require_kind(path: str | os.PathLike, kinds: str | tuple[str, ...], purpose: str) -> str:
+    """The file's kind if it is one of ``kinds``; else a one-line error naming the stage to run."""
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    found = file_kind(path)
+    if found not in kinds:
+        made_by = {"sims": "cmbscat simulate", "scattering": "cmbscat scatter", "stats": "cmbscat stats"}
+        wanted = " or ".join(f"a {k} file (from {made_by[k]})" for k in kinds)
+        raise CmbscatError(f"{purpose} needs {wanted}; {path} is a {found} file")
+    return found
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary name and a rename: readers never see half a file."""
     path = Path(path)

@@ -1,4 +1,9 @@
-"""Model inputs read from the stage files (sims and scattering HDF5, DESIGN.md layouts)."""
+"""Model inputs read from the stage files (sims, scattering and statistics HDF5, DESIGN.md layouts).
+
+Files are recognised by their layout (:func:`cmbscat.store.file_kind`), so one written
+by another program in the contract's layout is read like cmbscat's own. Every input
+is checked for non-finite values before a model sees it.
+"""
 
 from __future__ import annotations
 
@@ -10,37 +15,25 @@ import numpy as np
 from tqdm import tqdm
 
 from cmbscat.errors import CmbscatError
-from cmbscat.stats.onepoint import one_point_statistics
-from cmbscat.stats.powspec import binned_power_spectrum, power_spectrum_bins
-from cmbscat.scattering.stage import open_source
+from cmbscat.sky.source import open_source
+from cmbscat.store import file_kind, require_kind
 
-
-def file_kind(path: str | Path) -> str:
-    """``"sims"`` or ``"scattering"`` for a cmbscat HDF5 file; one-line error otherwise."""
-    try:
-        with h5py.File(path, "r") as f:
-            kind = f.attrs.get("kind")
-            if kind is None and "coeffs" in f:
-                kind = "scattering"
-    except (OSError, FileNotFoundError):
-        raise CmbscatError(f"{path} is not a readable HDF5 file") from None
-    if kind not in ("sims", "scattering"):
-        raise CmbscatError(f"{path} is neither a sims file (cmbscat simulate) nor a scattering "
-                           "file (cmbscat scatter)")
-    return str(kind)
-
-
-def require_kind(path: str | Path, kind: str, purpose: str) -> None:
-    found = file_kind(path)
-    if found != kind:
-        stage = {"sims": "cmbscat simulate", "scattering": "cmbscat scatter"}[kind]
-        raise CmbscatError(f"{purpose} needs a {kind} file (from {stage}); {path} is a {found} file")
+__all__ = ["file_kind", "require_kind", "read_labels", "scattering_inputs", "iter_alm", "lowres_maps",
+           "band_limit", "classical_features"]
 
 
 def read_labels(path: str | Path) -> np.ndarray:
-    """Labels (int64, (N,)) of a sims or scattering file."""
+    """Labels (int64, (N,)) of a sims, scattering or statistics file."""
     with h5py.File(path, "r") as f:
         return f["labels"][()].astype(np.int64)
+
+
+def _require_finite(x: np.ndarray, path: str | Path, what: str) -> np.ndarray:
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1) if x.size else np.zeros(0, bool)
+    if bad.any():
+        raise CmbscatError(f"{path}: {what} of map {int(np.flatnonzero(bad)[0])} are not finite "
+                           f"({int(bad.sum())} maps affected)")
+    return x
 
 
 def scattering_inputs(path: str | Path) -> tuple[np.ndarray, dict]:
@@ -51,18 +44,22 @@ def scattering_inputs(path: str | Path) -> tuple[np.ndarray, dict]:
         meta = {"nside": int(f.attrs["nside_out"]), "channels": int(coeffs.shape[1]),
                 "paths": f["paths"][()].tolist() if "paths" in f else None,
                 "lmax": int(f.attrs["lmax"])}
-    return coeffs, meta
+    return _require_finite(coeffs, path, "scattering coefficients"), meta
 
 
 def iter_alm(path: str | Path, lmax: int):
-    """Yield each map's a_lm (complex128) at band limit ``lmax``, as ``cmbscat scatter`` reads them:
-    /alm truncated when stored, else /maps analysed with map2alm (see :class:`Source`)."""
-    source = open_source(path)
+    """Yield each map's a_lm (complex128) at band limit ``lmax``, as every stage reads them:
+    /alm truncated when stored, else /maps analysed with map2alm (:mod:`cmbscat.sky.source`)."""
+    source = open_source(path, "this model")
     if lmax > source.lmax:
         raise CmbscatError(f"lmax {lmax} is above the file's lmax {source.lmax}")
-    with h5py.File(path, "r") as f:
+    h5 = source.open()
+    try:
         for i in range(source.n_maps):
-            yield source.alm(i, lmax, f)
+            yield source.alm(i, lmax, h5)
+    finally:
+        if h5 is not None:
+            h5.close()
 
 
 def lowres_maps(path: str | Path, nside: int, lmax: int, progress: bool = True) -> np.ndarray:
@@ -80,27 +77,40 @@ def lowres_maps(path: str | Path, nside: int, lmax: int, progress: bool = True) 
     return out
 
 
-def classical_features(path: str | Path, kind: str, progress: bool = True) -> np.ndarray:
-    """Per-map features of a sims file: ``"powspec"`` (log binned C_l) or ``"onepoint"``.
-
-    ``onepoint`` uses the full-resolution map (skewness, excess kurtosis): /maps if
-    stored, else the synthesis of /alm at the file's nside.
-    """
-    require_kind(path, "sims", f"the {kind} baseline")
+def band_limit(path: str | Path) -> int:
+    """The ``lmax`` attribute of a sims or statistics file (the band limit its maps were read at)."""
     with h5py.File(path, "r") as f:
-        n, lmax, nside = f["labels"].shape[0], int(f.attrs["lmax"]), int(f.attrs["nside"])
-        rows = []
-        if kind == "powspec":
-            edges = power_spectrum_bins(lmax)
-            for alm in tqdm(iter_alm(path, lmax), total=n, desc="power spectra", disable=not progress):
-                rows.append(binned_power_spectrum(alm, lmax, edges))
-        elif kind == "onepoint":
-            for i in tqdm(range(n), desc="one-point statistics", disable=not progress):
-                if "maps" in f:
-                    sky = f["maps"][i]
-                else:
-                    sky = hp.alm2map(f["alm"][i].astype(np.complex128), nside, lmax=lmax)
-                rows.append(one_point_statistics(sky))
-        else:
-            raise ValueError(f"unknown classical feature set {kind!r}")
-    return np.asarray(rows)
+        return int(f.attrs["lmax"])
+
+
+def classical_features(path: str | Path, kind: str, progress: bool = True) -> np.ndarray:
+    """Per-map features (float64, (N, F)) of the statistic ``kind`` (see :mod:`cmbscat.stats.summary`).
+
+    From a statistics file (``cmbscat stats``) they are read; from a sims file they are
+    computed here, map by map, with the same code, at the file's nside and lmax.
+    """
+    from cmbscat.stats.summary import MapStatistics
+
+    found = require_kind(path, ("stats", "sims"), f"the {kind} classifier")
+    if found == "stats":
+        with h5py.File(path, "r") as f:
+            if kind not in f:
+                raise CmbscatError(f"{path} has no /{kind} statistics")
+            x = np.asarray(f[kind][()], dtype=np.float64)
+        return _require_finite(x.reshape(len(x), -1), path, f"{kind} statistics")
+
+    from cmbscat.sky.spectra import planck2018_cl
+
+    source = open_source(path, f"the {kind} classifier")
+    statistics = MapStatistics(source.nside, source.lmax, planck2018_cl(source.lmax))
+    rows = []
+    h5 = source.open()
+    try:
+        for i in tqdm(range(source.n_maps), desc=f"{kind} statistics", disable=not progress):
+            alm = source.alm(i, source.lmax, h5)
+            sky_map = source.pixels(i, h5) if source.dataset != "alm" else None
+            rows.append(statistics(alm, sky_map=sky_map, which=(kind,))[kind].reshape(-1))
+    finally:
+        if h5 is not None:
+            h5.close()
+    return _require_finite(np.asarray(rows), path, f"{kind} statistics")

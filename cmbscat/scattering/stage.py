@@ -18,97 +18,19 @@ run to one slice of the maps (join shard files with ``cmbscat combine``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
-import healpy as hp
 import numpy as np
 from tqdm import tqdm
 
 from cmbscat import __version__
 from cmbscat.errors import CmbscatError
-from cmbscat.scattering.transform import DEFAULT_ITER, DEFAULT_OVERSAMPLE, Scattering, default_J0, resize_alm
-from cmbscat.store import ItemWriter, Shard, content_hash, file_sha256
+from cmbscat.scattering.transform import DEFAULT_ITER, DEFAULT_OVERSAMPLE, Scattering, default_J0
 from cmbscat.scattering.wavelets import n_scales
-
-INPUT_MAP2ALM_ITER = 3  # maps given as input (no /alm): map2alm iterations, ~4e-7 relative error
-
-
-@dataclass
-class Source:
-    """What ``scatter`` reads: N maps of one band-limit, one at a time via :meth:`alm`."""
-
-    path: Path
-    kind: str            # "sims" or "fits"
-    dataset: str         # "alm", "maps" or "fits"
-    nside: int
-    lmax: int            # largest lmax the source supports
-    labels: np.ndarray   # int8 (N,)
-    seeds: np.ndarray    # int64 (N,)
-    fits_map: np.ndarray | None = None
-
-    @property
-    def n_maps(self) -> int:
-        return int(self.labels.size)
-
-    def alm(self, index: int, lmax: int, h5: h5py.File | None = None) -> np.ndarray:
-        """a_lm (complex128, healpy order, band-limit lmax) of map ``index``."""
-        if self.dataset == "alm":
-            row = np.asarray(h5["alm"][index], dtype=np.complex128)
-            return resize_alm(row, self.lmax, lmax)
-        m = self.fits_map if self.dataset == "fits" else np.asarray(h5["maps"][index], np.float64)
-        return hp.map2alm(m, lmax=lmax, mmax=lmax, iter=INPUT_MAP2ALM_ITER, use_weights=False)
-
-
-def _is_fits(path: Path) -> bool:
-    """FITS by its first card, or a gzipped file named *.fits.gz / *.fit.gz (healpy reads both)."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if head == b"SIMPLE  =":
-        return True
-    return head[:2] == b"\x1f\x8b" and path.name.lower().endswith((".fits.gz", ".fit.gz"))
-
-
-def open_source(path: str | Path) -> Source:
-    """Inspect ``path`` (a cmbscat sims file or a HEALPix FITS map); one-line error otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise CmbscatError(f"input {path} does not exist or is not a file")
-    if h5py.is_hdf5(path):
-        with h5py.File(path, "r") as f:
-            kind = f.attrs.get("kind")
-            if kind is not None and kind != "sims":
-                raise CmbscatError(f"{path} is a {kind} file, not a sims file "
-                                   "(scatter reads the output of `cmbscat simulate` or a FITS map)")
-            if "labels" not in f or not ("alm" in f or "maps" in f):
-                raise CmbscatError(f"{path} is not a cmbscat sims file (needs /labels and /alm or /maps)")
-            try:
-                nside, lmax = int(f.attrs["nside"]), int(f.attrs["lmax"])
-            except KeyError:
-                raise CmbscatError(f"{path} is not a cmbscat sims file (no nside/lmax attributes)") from None
-            dataset = "alm" if "alm" in f else "maps"
-            labels = np.asarray(f["labels"][()], dtype=np.int8)
-            seeds = (np.asarray(f["seeds"][()], dtype=np.int64) if "seeds" in f
-                     else -np.ones(labels.size, np.int64))
-            expected = (labels.size, hp.Alm.getsize(lmax)) if dataset == "alm" else \
-                (labels.size, hp.nside2npix(nside))
-            if f[dataset].shape != expected:
-                raise CmbscatError(f"{path}: /{dataset} has shape {f[dataset].shape}, expected "
-                                   f"{expected} for nside {nside}, lmax {lmax}")
-        return Source(path, "sims", dataset, nside, lmax, labels, seeds)
-    if _is_fits(path):
-        try:
-            m = hp.read_map(str(path), field=0, dtype=np.float64)
-        except Exception as exc:  # astropy/healpy raise many types for a bad FITS file
-            raise CmbscatError(f"{path} is a FITS file but not a readable HEALPix map ({exc})") from None
-        if np.any(~np.isfinite(m)) or np.any(m == hp.UNSEEN):
-            raise CmbscatError(f"{path} has masked or non-finite pixels; scatter needs a full-sky map")
-        nside = hp.npix2nside(m.size)
-        return Source(path, "fits", "fits", nside, 3 * nside - 1, -np.ones(1, np.int8),
-                      -np.ones(1, np.int64), fits_map=m)
-    raise CmbscatError(f"{path} is neither a cmbscat sims file (HDF5) nor a HEALPix FITS map")
-
+from cmbscat.sky.source import INPUT_MAP2ALM_ITER, Source, open_source
+from cmbscat.store import ItemWriter, Shard, content_hash, file_sha256
 
 @dataclass
 class ScatterPlan:
@@ -133,13 +55,16 @@ def scatter_plan(in_path: str | Path, depth: int = 2, J0: int | None = None, lam
     """
     if depth not in (1, 2, 3):
         raise CmbscatError(f"--depth must be 1, 2 or 3, got {depth}")
-    source = open_source(in_path)
+    source = open_source(in_path, "scatter")
     if lmax is None:
         lmax = source.lmax
     if lmax > source.lmax:
         raise CmbscatError(f"--lmax {lmax} is above the input's lmax {source.lmax} ({in_path})")
     if lmax < 1:
         raise CmbscatError(f"--lmax must be >= 1, got {lmax}")
+    for name, value in (("--lam", lam), ("--oversample", oversample)):
+        if not math.isfinite(value):
+            raise CmbscatError(f"{name} must be a finite number, got {value}")
     if not lam > 1:
         raise CmbscatError(f"--lam must be > 1, got {lam}")
     if not oversample >= 1:
@@ -182,11 +107,13 @@ def scatter(in_path: str | Path, out_path: str | Path, depth: int = 2, J0: int |
     lmax, J0, digest = params["lmax"], params["J0"], params["source_content_sha256"]
     n = source.n_maps
     start, stop = shard.bounds(n) if shard else (0, n)
+    if not Path(out_path).exists():  # a finished output was checked when it was made
+        source.check_finite(start, stop)
     writer = ItemWriter(out_path, plan.shard_params(shard), start, stop)
     if writer.complete:
         return 0
     todo = writer.pending()
-    h5 = h5py.File(source.path, "r") if source.kind == "sims" else None
+    h5 = source.open()
     try:
         for i in tqdm(todo, desc="scatter", unit="map", disable=not progress,
                       initial=(stop - start) - len(todo), total=stop - start):

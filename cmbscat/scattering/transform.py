@@ -45,7 +45,7 @@ import healpy as hp
 import numpy as np
 
 from cmbscat.errors import CmbscatError
-from cmbscat.healpix import alm_ell_m, alm_size, check_nside_lmax
+from cmbscat.healpix import alm_ell_m, alm_size, check_nside_lmax, resize_alm
 from cmbscat.scattering.wavelets import axisym_kernels, n_scales, support
 
 DEFAULT_OVERSAMPLE = 1.0
@@ -78,13 +78,6 @@ def nside_for_band(lmax_band: int, oversample: float = 1.0, power_of_two: bool =
     while nside < need:
         nside *= 2
     return nside
-
-
-def resize_alm(alm: np.ndarray, lmax: int, new_lmax: int) -> np.ndarray:
-    """Truncate or zero-pad healpy-ordered a_lm (mmax = lmax) from lmax to new_lmax."""
-    if new_lmax == lmax:
-        return alm
-    return hp.resize_alm(alm, lmax, lmax, new_lmax, new_lmax)
 
 
 def alm_weights(lmax: int) -> np.ndarray:

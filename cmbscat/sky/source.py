@@ -1,0 +1,140 @@
+"""Maps to analyse: a sims file or a HEALPix FITS map, read one map at a time.
+
+Every stage that reads maps (``scatter``, ``stats``, the networks' inputs) goes
+through :func:`open_source`, so they accept and refuse the same files:
+
+* a sims file in the DESIGN.md layout, whoever wrote it: ``/labels`` with ``/alm``
+  (complex, healpy order at attribute ``lmax``) and/or ``/maps`` (RING at attribute
+  ``nside``); ``/seeds`` optional. Recognised by its datasets
+  (:func:`cmbscat.store.file_kind`), not by cmbscat's own ``kind`` attribute;
+* a HEALPix FITS map (``healpy.read_map``), one unlabelled map.
+
+Non-finite a_lm or pixels are refused with a one-line error naming the map: they
+would otherwise flow silently into every statistic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import healpy as hp
+import numpy as np
+
+from cmbscat.errors import CmbscatError
+from cmbscat.healpix import resize_alm
+from cmbscat.store import file_kind
+
+INPUT_MAP2ALM_ITER = 3  # maps given as input (no /alm): map2alm iterations, ~4e-7 relative error
+
+
+@dataclass
+class Source:
+    """N maps of one band limit, read one at a time via :meth:`alm`."""
+
+    path: Path
+    kind: str            # "sims" or "fits"
+    dataset: str         # "alm", "maps" or "fits"
+    nside: int
+    lmax: int            # largest lmax the source supports
+    labels: np.ndarray   # int8 (N,); -1 = unlabelled
+    seeds: np.ndarray    # int64 (N,); -1 = unknown
+    fits_map: np.ndarray | None = None
+
+    @property
+    def n_maps(self) -> int:
+        return int(self.labels.size)
+
+    def open(self) -> h5py.File | None:
+        """The HDF5 handle to pass to :meth:`alm` (None for a FITS map); close it after."""
+        return h5py.File(self.path, "r") if self.kind == "sims" else None
+
+    def alm(self, index: int, lmax: int, h5: h5py.File | None = None) -> np.ndarray:
+        """a_lm (complex128, healpy order, band limit ``lmax``) of map ``index``.
+
+        /alm rows are truncated to ``lmax``; maps are analysed with ``map2alm``
+        (``INPUT_MAP2ALM_ITER`` iterations). Non-finite values are refused.
+        """
+        if self.dataset == "alm":
+            row = np.asarray(h5["alm"][index], dtype=np.complex128)
+            self._check_finite(row, index)
+            return resize_alm(row, self.lmax, lmax)
+        return hp.map2alm(self.pixels(index, h5), lmax=lmax, mmax=lmax, iter=INPUT_MAP2ALM_ITER,
+                          use_weights=False)
+
+    def pixels(self, index: int, h5: h5py.File | None = None) -> np.ndarray:
+        """The stored map ``index`` (float64, RING at self.nside); only for /maps and FITS sources."""
+        if self.dataset == "alm":
+            raise ValueError("this source stores a_lm, not maps")
+        m = self.fits_map if self.dataset == "fits" else np.asarray(h5["maps"][index], np.float64)
+        self._check_finite(m, index)
+        return m
+
+    def check_finite(self, start: int = 0, stop: int | None = None) -> None:
+        """Refuse (one-line error naming the first bad map) non-finite values in maps
+        ``start..stop-1``; reads the stored rows in blocks of at most 64 MiB. A stage calls
+        it before writing anything, so that bad input leaves no partial output behind."""
+        if self.kind != "sims":
+            return  # a FITS map was checked when opened
+        stop = self.n_maps if stop is None else stop
+        with h5py.File(self.path, "r") as f:
+            rows = f[self.dataset]
+            step = max(1, (1 << 26) // max(1, rows.dtype.itemsize * int(np.prod(rows.shape[1:]))))
+            for lo in range(start, stop, step):
+                block = rows[lo:min(stop, lo + step)]
+                finite = np.isfinite(block).all(axis=1)
+                if not finite.all():
+                    self._check_finite(block[int(np.argmin(finite))], lo + int(np.argmin(finite)))
+
+    def _check_finite(self, values: np.ndarray, index: int) -> None:
+        if not np.all(np.isfinite(values)):
+            what = "a_lm" if self.dataset == "alm" else "pixels"
+            raise CmbscatError(f"{self.path}: map {index} has non-finite {what} (NaN or inf)")
+
+
+def _is_fits(path: Path) -> bool:
+    """FITS by its first card, or a gzipped file named *.fits.gz / *.fit.gz (healpy reads both)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head == b"SIMPLE  =":
+        return True
+    return head[:2] == b"\x1f\x8b" and path.name.lower().endswith((".fits.gz", ".fit.gz"))
+
+
+def open_source(path: str | Path, purpose: str = "this stage") -> Source:
+    """Inspect ``path`` (a sims file or a HEALPix FITS map); one-line error otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CmbscatError(f"input {path} does not exist or is not a file")
+    if h5py.is_hdf5(path):
+        kind = file_kind(path)
+        if kind != "sims":
+            raise CmbscatError(f"{path} is a {kind} file, not a sims file ({purpose} reads maps: "
+                               "the output of `cmbscat simulate`, a sims file in its layout, or a FITS map)")
+        with h5py.File(path, "r") as f:
+            try:
+                nside, lmax = int(f.attrs["nside"]), int(f.attrs["lmax"])
+            except (KeyError, TypeError, ValueError):
+                raise CmbscatError(f"{path} is a sims file without integer nside/lmax attributes") from None
+            dataset = "alm" if "alm" in f else "maps"
+            labels = np.asarray(f["labels"][()], dtype=np.int8)
+            seeds = (np.asarray(f["seeds"][()], dtype=np.int64) if "seeds" in f
+                     else -np.ones(labels.size, np.int64))
+            expected = (labels.size, hp.Alm.getsize(lmax)) if dataset == "alm" else \
+                (labels.size, hp.nside2npix(nside))
+            if f[dataset].shape != expected:
+                raise CmbscatError(f"{path}: /{dataset} has shape {f[dataset].shape}, expected "
+                                   f"{expected} for nside {nside}, lmax {lmax}")
+        return Source(path, "sims", dataset, nside, lmax, labels, seeds)
+    if _is_fits(path):
+        try:
+            m = hp.read_map(str(path), field=0, dtype=np.float64)
+        except Exception as exc:  # astropy/healpy raise many types for a bad FITS file
+            raise CmbscatError(f"{path} is a FITS file but not a readable HEALPix map ({exc})") from None
+        if np.any(~np.isfinite(m)) or np.any(m == hp.UNSEEN):
+            raise CmbscatError(f"{path} has masked or non-finite pixels; this stage needs a full-sky map")
+        nside = hp.npix2nside(m.size)
+        return Source(path, "fits", "fits", nside, 3 * nside - 1, -np.ones(1, np.int8),
+                      -np.ones(1, np.int64), fits_map=m)
+    raise CmbscatError(f"{path} is neither a cmbscat sims file (HDF5) nor a HEALPix FITS map")
