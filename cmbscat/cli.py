@@ -52,7 +52,8 @@ def _progress_option(func):
 def main():
     """Tell Gaussian from non-Gaussian full-sky CMB maps.
 
-    Stages: simulate -> scatter -> train -> evaluate; each reads and writes files.
+    Stages: simulate -> scatter (networks) / stats (classical statistics) -> train ->
+    evaluate; each reads and writes files. pipeline runs them all from one config.
     """
 
 
@@ -65,31 +66,41 @@ def main():
 @click.option("--lmax", type=int, default=127,
               help="Band limit: maximum multipole (the papers' L = 1024 is --lmax 1023); "
                    "at most 3*nside-1.")
-@click.option("--fnl", type=float, default=1000.0,
-              help="Local f_NL of the non-Gaussian class (Sachs-Wolfe toy model; positive "
-                   "f_NL gives negative skewness).")
+@click.option("--fnl", type=float, default=None,
+              help="Local f_NL of the non-Gaussian class with --ng-model local (Sachs-Wolfe toy "
+                   "model; positive f_NL gives negative skewness). Must be 0 or left out with "
+                   "--ng-model gnl.  [default: 1000 for local, 0 for gnl]")
+@click.option("--gnl", type=float, default=None,
+              help="g_NL of the non-Gaussian class with --ng-model gnl, T = g + 9 g_NL g^3 / "
+                   "T_CMB^2 (positive g_NL gives positive kurtosis); required there, as no value "
+                   "is standard (the kurtosis of one L = 1024 map separates the classes by 1 sigma "
+                   "at g_NL ~ 4e4: benchmarks/kurtosis_threshold.py). Must be 0 or left out with "
+                   "--ng-model local.  [default: 0 for local]")
 @click.option("--seed", type=int, default=0, help="Run seed; each map's own seed is derived from it "
                                                   "and stored in /seeds.")
-@click.option("--ng-model", type=click.Choice(["local"]), default="local",
-              help="Non-Gaussian model (see README: local-type f_NL, Sachs-Wolfe approximation).")
+@click.option("--ng-model", type=click.Choice(["local", "gnl"]), default="local",
+              help="Non-Gaussian model, Sachs-Wolfe approximation: local = quadratic local f_NL "
+                   "(skewness), gnl = cubic local g_NL (kurtosis, no skewness).")
 @click.option("--store", type=click.Choice(["alm", "maps", "both"]), default="both",
               help="Write /alm (complex64, band-limited truth), /maps (float32, RING, uK), or both.")
 @_shard_option
 @_progress_option
-def simulate(out, n_maps, nside, lmax, fnl, seed, ng_model, store, shard, progress):
+def simulate(out, n_maps, nside, lmax, fnl, gnl, seed, ng_model, store, shard, progress):
     """Simulate Gaussian and non-Gaussian CMB skies into the HDF5 file OUT.
 
     Gaussian a_lm follow the Planck 2018 best-fit lensed TT spectrum (uK). The
-    non-Gaussian class is T = g - 3 f_NL (g^2 - <g^2>) / T_CMB, rescaled by a fixed
+    non-Gaussian class is T = g - 3 f_NL (g^2 - <g^2>) / T_CMB (--ng-model local)
+    or T = g + 9 g_NL g^3 / T_CMB^2 (--ng-model gnl), rescaled by a fixed
     harmonic transfer function so both classes have the same expected power
     spectrum. Re-running the same command resumes an interrupted run.
     """
-    from cmbscat.sky.simulate import SimulationConfig
+    from cmbscat.sky.simulate import SimulationConfig, resolve_ng_amplitudes
     from cmbscat.sky.simulate import simulate as run
     from cmbscat.store import Shard
 
+    fnl, gnl = resolve_ng_amplitudes(ng_model, fnl, gnl)
     config = SimulationConfig(n_maps=n_maps, nside=nside, lmax=lmax, fnl=fnl, seed=seed,
-                              ng_model=ng_model, store=store)
+                              ng_model=ng_model, store=store, gnl=gnl)
     n_new = run(out, config, shard=Shard.parse(shard) if shard else None, progress=progress)
     click.echo(f"wrote {out} ({n_new} maps computed now)" if n_new else f"{out} is already complete",
                err=True)
@@ -141,15 +152,45 @@ def scatter(source, out, depth, J0, lam, lmax, oversample, min_nside, map2alm_it
 
 
 @main.command()
+@click.argument("source", metavar="IN", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--lmax", type=int, default=None,
+              help="Band limit of the statistics [default: the input's lmax; 3*nside-1 for a FITS map].")
+@_shard_option
+@_progress_option
+def stats(source, out, lmax, shard, progress):
+    """Classical statistics of every map in IN (a sims file or a HEALPix FITS map) into OUT.
+
+    OUT holds, per map: /powspec (log10 binned C_l), /onepoint (skewness, excess
+    kurtosis), /cubic (the locally optimal cubic statistic for local f_NL, with the
+    shipped Planck 2018 spectrum as its filter) and /minkowski (V0, V1, V2 at 13
+    thresholds -3..3 sigma), with /labels and /seeds copied. Computed once, read by
+    `cmbscat train --model powspec|onepoint|cubic|minkowski`. Re-running the same
+    command resumes an interrupted run.
+    """
+    from cmbscat.stats.stage import compute_stats
+    from cmbscat.store import Shard
+
+    n_new = compute_stats(source, out, lmax=lmax, shard=Shard.parse(shard) if shard else None,
+                          progress=progress)
+    click.echo(f"wrote {out} ({n_new} maps computed now)" if n_new else f"{out} is already complete",
+               err=True)
+
+
+@main.command()
 @click.argument("data", type=click.Path(dir_okay=False))
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--model", type=click.Choice(["hybrid", "baseline", "powspec", "onepoint"]),
+@click.option("--model", type=click.Choice(["hybrid", "baseline", "powspec", "onepoint", "cubic",
+                                           "minkowski"]),
               default="hybrid",
               help="hybrid: DISCO CNN on scattering coefficients (DATA from cmbscat scatter); "
                    "baseline: the same kind of CNN on the raw map cut to --baseline-lmax at "
-                   "--baseline-nside (DATA from cmbscat simulate); powspec / onepoint: logistic "
-                   "regression on the binned power spectrum / on skewness and kurtosis of the "
-                   "full-resolution map (DATA from cmbscat simulate).")
+                   "--baseline-nside (DATA from cmbscat simulate); the classical models, a "
+                   "logistic regression on one statistic of the full-resolution map (DATA from "
+                   "cmbscat stats, or a sims file: computed on the fly): powspec (binned power "
+                   "spectrum), onepoint (skewness, kurtosis), cubic (the locally optimal cubic "
+                   "statistic, the limit for local f_NL), minkowski (area, boundary length and "
+                   "genus at 13 thresholds).")
 @click.option("--epochs", type=int, default=30, help="Training epochs (networks only).")
 @click.option("--batch-size", type=int, default=16, help="Maps per optimisation step.")
 @click.option("--lr", type=float, default=2e-3, help="Peak learning rate (AdamW, cosine decay).")

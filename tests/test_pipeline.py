@@ -34,7 +34,7 @@ def test_smoke_pipeline_runs_every_stage_seeds_and_resumes(tmp_path):
     config, cfg = _write_config(tmp_path)
     first = run_cli("pipeline", config, "--no-progress", "--device", "cpu", check=True)
     table = (tmp_path / "table.md").read_text()
-    assert len(_table_rows(table)) == 4, table
+    assert len(_table_rows(table)) == 6, table
     out = tmp_path / "out"
     for model in ("hybrid", "baseline"):
         seeds = [json.loads((out / "runs" / model / f"seed{k}" / "metrics.json").read_text())
@@ -47,11 +47,12 @@ def test_smoke_pipeline_runs_every_stage_seeds_and_resumes(tmp_path):
     assert hybrid["accuracy"] >= 0.75, hybrid
     # the parallel shards were joined into single files; the sealed set was not touched
     assert (out / "scat_train.h5").exists() and not (out / "sims_sealed.h5").exists()
-    assert len(list((out / "shards").glob("*.h5"))) == 4 * cfg["workers"]
+    # (simulate, scatter, stats) x (train, test), one file per worker
+    assert len(list((out / "shards").glob("*.h5"))) == 6 * cfg["workers"]
     assert "Sealed" not in table
 
     again = run_cli("pipeline", config, "--no-progress", check=True)
-    n_stages = 4 + 2 * (3 + 3 + 1 + 1)
+    n_stages = 6 + 2 * (3 + 3 + 1 + 1 + 1 + 1)
     assert again.stderr.count("] current") == n_stages, again.stderr
     assert "[train hybrid seed 0] ..." not in again.stderr
     assert "[train hybrid seed 0] ..." in first.stderr
@@ -60,7 +61,7 @@ def test_smoke_pipeline_runs_every_stage_seeds_and_resumes(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "## Sealed test set" in table and "seed 3" in table
     log = json.loads((out / "sealed_log.json").read_text())
-    assert len(log) == 3 + 3 + 1 + 1 and {e["model"] for e in log} == set(cfg["models"])
+    assert len(log) == 3 + 3 + 4 and {e["model"] for e in log} == set(cfg["models"])
     assert "[evaluate hybrid seed 2 on sealed] ..." in sealed.stderr
 
 

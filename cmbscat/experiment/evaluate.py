@@ -19,8 +19,8 @@ import numpy as np
 from cmbscat.experiment.datasets import read_labels
 from cmbscat.errors import CmbscatError
 from cmbscat.experiment.metrics import classification_metrics, roc_points
-from cmbscat.store import atomic_write_text, content_hash, file_sha256
-from cmbscat.experiment.train import model_inputs, resolve_device
+from cmbscat.store import atomic_write_text, content_hash, file_sha256, require_kind
+from cmbscat.experiment.train import CLASSICAL_MODELS, MODEL_INPUTS, model_inputs, resolve_device
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, Path]:
@@ -31,7 +31,7 @@ def load_run(run_dir: str | Path) -> tuple[dict, Path]:
         raise CmbscatError(f"{run_dir} is not a cmbscat run folder (no config.json); "
                            "train one with cmbscat train")
     config = json.loads(cfg_path.read_text())
-    model_path = run_dir / ("model.pkl" if config["model"] in ("powspec", "onepoint") else "model.pt")
+    model_path = run_dir / ("model.pkl" if config["model"] in CLASSICAL_MODELS else "model.pt")
     if not model_path.exists():
         raise CmbscatError(f"{run_dir} has no trained model yet; finish it with cmbscat train")
     return config, model_path
@@ -58,10 +58,10 @@ def predict(run_dir: str | Path, data: str | Path, device: str = "auto", batch_s
             progress: bool = True) -> np.ndarray:
     """Logit (log-odds of the non-Gaussian class) of each map of ``data``, float64 (N,)."""
     config, model_path = load_run(run_dir)
-    if config["model"] in ("powspec", "onepoint"):
+    if config["model"] in CLASSICAL_MODELS:
         with open(model_path, "rb") as f:
             saved = pickle.load(f)
-        x, _ = model_inputs(config["model"], str(data), progress=progress)
+        x, _ = model_inputs(config["model"], str(data), saved.get("meta"), progress=progress)
         return np.asarray(saved["classifier"].decision_function(x), dtype=np.float64)
 
     import torch
@@ -107,6 +107,7 @@ def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path | None =
     if not Path(data).exists():
         raise CmbscatError(f"no such file: {data}")
     config, _ = load_run(run_dir)
+    require_kind(data, MODEL_INPUTS[config["model"]], f"evaluating --model {config['model']}")
     labels = read_labels(data)
     if np.any(labels < 0):
         raise CmbscatError(f"{data} has maps without labels (e.g. a single FITS map); "

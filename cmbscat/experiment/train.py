@@ -1,4 +1,4 @@
-"""The ``train`` stage: fit a classifier on a sims or scattering file into a run folder.
+"""The ``train`` stage: fit a classifier on a sims, scattering or statistics file into a run folder.
 
 Run folder contents:
 
@@ -14,14 +14,18 @@ Run folder contents:
 * ``model.pkl``         instead of the ``.pt`` files, for the classical baselines.
 
 Model kinds: ``hybrid`` (scattering file), ``baseline`` (sims file, map cut to a low
-band limit), and the classical ``powspec`` and ``onepoint`` (sims file, logistic
-regression on the binned power spectrum or on skewness and kurtosis).
+band limit), and the classical ones, a logistic regression on one statistic
+(:mod:`cmbscat.stats.summary`) read from a statistics file (``cmbscat stats``) or
+computed from a sims file: ``powspec`` (binned power spectrum), ``onepoint``
+(skewness and kurtosis), ``cubic`` (the locally optimal cubic statistic, the limit
+for local f_NL) and ``minkowski`` (the three Minkowski functionals at 13 thresholds).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import pickle
 import time
@@ -35,8 +39,11 @@ from cmbscat.errors import CmbscatError
 from cmbscat.store import atomic_write_text, content_hash, describe_difference, differing_keys
 
 NN_MODELS = ("hybrid", "baseline")
-CLASSICAL_MODELS = ("powspec", "onepoint")
+CLASSICAL_MODELS = ("powspec", "onepoint", "cubic", "minkowski")
 MODELS = NN_MODELS + CLASSICAL_MODELS
+#: The stage files each model can read (DESIGN.md layouts; :func:`cmbscat.store.file_kind`).
+MODEL_INPUTS = {"hybrid": ("scattering",), "baseline": ("sims",),
+                **{m: ("stats", "sims") for m in CLASSICAL_MODELS}}
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,10 @@ class TrainConfig:
     patience: int = 0
 
     def validate(self) -> None:
+        for name in ("lr", "weight_decay", "val_fraction"):
+            if not math.isfinite(getattr(self, name)):
+                raise CmbscatError(f"--{name.replace('_', '-')} must be a finite number, "
+                                   f"got {getattr(self, name)}")
         if self.model not in MODELS:
             raise CmbscatError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.epochs < 1:
@@ -64,6 +75,8 @@ class TrainConfig:
             raise CmbscatError(f"--batch-size must be >= 2 (batch normalisation), got {self.batch_size}")
         if not self.lr > 0:
             raise CmbscatError(f"--lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise CmbscatError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.patience < 0:
             raise CmbscatError(f"--patience must be >= 0 (0: never stop early), got {self.patience}")
         if not 0 < self.val_fraction < 1:
@@ -105,7 +118,14 @@ def model_inputs(kind: str, path: str, meta: dict | None = None,
     if kind == "baseline":
         nside, lmax = (meta["nside"], meta["lmax"]) if meta else (None, None)
         return datasets.lowres_maps(path, nside, lmax, progress), {"nside": nside, "lmax": lmax}
-    return datasets.classical_features(path, kind, progress), {}
+    x = datasets.classical_features(path, kind, progress)
+    found = {"lmax": datasets.band_limit(path), "n_features": int(x.shape[1])}
+    if meta:  # models saved before this record existed have an empty meta
+        for key in ("lmax", "n_features"):
+            if meta.get(key) != found[key]:
+                raise CmbscatError(f"{path} does not match the trained model: its {kind} statistics "
+                                   f"have {key} {found[key]}, the model's {meta.get(key)}")
+    return x, found
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -165,53 +185,73 @@ def record_defaults(config: TrainConfig) -> dict:
     return asdict(TrainConfig(data=config.data))
 
 
-def _prepare_run_dir(run_dir: Path, config: TrainConfig) -> bool:
-    """Create the folder or check it holds the same run; True if a run is already there."""
+def _existing_run(run_dir: Path, config: TrainConfig, record: dict) -> bool:
+    """True if ``run_dir`` holds this run (finished or not); one-line error if another. Writes nothing."""
     if run_dir.exists() and not run_dir.is_dir():
         raise CmbscatError(f"{run_dir} exists and is not a folder")
-    record = run_record(config)
     old = read_run_record(run_dir)
-    if old is not None:
-        defaults = record_defaults(config)
-        differing = differing_keys(old, record, defaults)
-        if differing:
-            what = (f"was trained on other data (the content of {config.data} differs)"
-                    if differing == ["data_sha256"] else "holds a run with other settings")
-            raise CmbscatError(f"{run_dir} {what} ({describe_difference(old, record, defaults)}); "
-                               "use another run folder")
-        return True
+    if old is None:
+        return False
+    defaults = record_defaults(config)
+    differing = differing_keys(old, record, defaults)
+    if differing:
+        what = (f"was trained on other data (the content of {config.data} differs)"
+                if differing == ["data_sha256"] else "holds a run with other settings")
+        raise CmbscatError(f"{run_dir} {what} ({describe_difference(old, record, defaults)}); "
+                           "use another run folder")
+    return True
+
+
+def _create_run_dir(run_dir: Path, record: dict) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2))
     except OSError as exc:
         raise CmbscatError(f"cannot write run folder {run_dir}: {exc.strerror or exc}") from None
-    return False
 
 
 def train(run_dir: str | Path, config: TrainConfig, device: str = "auto",
           progress: bool = True) -> dict:
-    """Train (or resume, or find finished) the run in ``run_dir``; return its summary."""
+    """Train (or resume, or find finished) the run in ``run_dir``; return its summary.
+
+    Every check, reading the inputs included (non-finite values are refused), comes
+    before anything is written, so a refused run leaves no folder behind.
+    """
     config.validate()
     run_dir = Path(run_dir)
     if not Path(config.data).exists():
         raise CmbscatError(f"no such file: {config.data}")
-    from cmbscat.experiment.datasets import require_kind
+    from cmbscat.store import require_kind
 
-    # check the input before anything is written, so a refused run leaves no folder behind
-    require_kind(config.data, "scattering" if config.model == "hybrid" else "sims",
-                 f"--model {config.model}")
-    _prepare_run_dir(run_dir, config)
+    require_kind(config.data, MODEL_INPUTS[config.model], f"--model {config.model}")
+    record = run_record(config)
+    existing = _existing_run(run_dir, config, record)
     summary_path = run_dir / "summary.json"
-    if summary_path.exists():
+    if existing and summary_path.exists():
         return json.loads(summary_path.read_text())
     t0 = time.time()
+    if config.model in NN_MODELS:
+        device = resolve_device(device)
+    inputs = _load_inputs(config, progress)
+    if not existing:
+        _create_run_dir(run_dir, record)
     if config.model in CLASSICAL_MODELS:
-        summary = _train_classical(run_dir, config, progress)
+        summary = _train_classical(run_dir, config, inputs)
     else:
-        summary = _train_network(run_dir, config, device, progress)
+        summary = _train_network(run_dir, config, inputs, device, progress)
     summary["wall_seconds"] = time.time() - t0  # this invocation: input loading and training
     atomic_write_text(summary_path, json.dumps(summary, indent=2))
     return summary
+
+
+def _load_inputs(config: TrainConfig, progress: bool) -> tuple[np.ndarray, dict, np.ndarray]:
+    """(inputs, their geometry, labels) of the training file, as :func:`model_inputs` reads them."""
+    from cmbscat.experiment.datasets import read_labels
+
+    meta = ({"nside": config.baseline_nside, "lmax": config.baseline_lmax}
+            if config.model == "baseline" else None)
+    x, meta = model_inputs(config.model, config.data, meta, progress)
+    return x, meta, read_labels(config.data)
 
 
 def classical_classifier():
@@ -223,16 +263,13 @@ def classical_classifier():
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
 
 
-def _train_classical(run_dir: Path, config: TrainConfig, progress: bool) -> dict:
-    from cmbscat.experiment.datasets import read_labels
-
-    x, _ = model_inputs(config.model, config.data, progress=progress)
-    labels = read_labels(config.data)
+def _train_classical(run_dir: Path, config: TrainConfig, inputs) -> dict:
+    x, meta, labels = inputs
     train_idx, val_idx = split_indices(labels, config.val_fraction, config.seed)
     classifier = classical_classifier()
     classifier.fit(x[train_idx], labels[train_idx])
     with open(run_dir / "model.pkl.tmp", "wb") as f:
-        pickle.dump({"kind": config.model, "classifier": classifier, "meta": {}}, f)
+        pickle.dump({"kind": config.model, "classifier": classifier, "meta": meta}, f)
     os.replace(run_dir / "model.pkl.tmp", run_dir / "model.pkl")
     return {"model": config.model, "n_train": int(train_idx.size), "n_val": int(val_idx.size),
             "train_accuracy": float(classifier.score(x[train_idx], labels[train_idx])),
@@ -271,18 +308,13 @@ def _stop_early(history: list[dict], patience: int) -> bool:
     return history[-1]["epoch"] - best_epoch >= patience
 
 
-def _train_network(run_dir: Path, config: TrainConfig, device: str, progress: bool) -> dict:
+def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, progress: bool) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from cmbscat.experiment.datasets import read_labels
     from cmbscat.nn.models import build_model
 
-    device = resolve_device(device)
-    meta = ({"nside": config.baseline_nside, "lmax": config.baseline_lmax}
-            if config.model == "baseline" else None)
-    x, meta = model_inputs(config.model, config.data, meta, progress)
-    labels = read_labels(config.data)
+    x, meta, labels = inputs
     train_idx, val_idx = split_indices(labels, config.val_fraction, config.seed)
     mean, std = standardisation(config.model, x[train_idx])
     x = (x - mean) / std

@@ -1,0 +1,109 @@
+"""The ``stats`` stage: every classical statistic of every map of a sims file, computed once.
+
+Like ``scatter`` for the networks, this caches what the classical classifiers read,
+so that training several of them (and several seeds) never synthesises a map twice::
+
+    /powspec    float64 (N, n_bins)            log10 binned C_l (edges in /powspec_edges)
+    /onepoint   float64 (N, 2)                 skewness, excess kurtosis of the map
+    /cubic      float64 (N, 1)                 the locally optimal cubic statistic S
+    /minkowski  float64 (N, 3, n_thresholds)   V0, V1, V2 of the normalised map
+    /labels, /seeds                            copied from the source
+    /powspec_edges int (n_bins + 1,), /thresholds float64 (n_thresholds,)
+    attrs       kind="stats", nside, lmax, source ("<name> content-sha256:<hex>"), cl_source, ...
+
+Maps are read one at a time (:mod:`cmbscat.sky.source`: any sims file in the
+DESIGN.md layout or a FITS map), each finished map is saved on its own (resumable,
+see :mod:`cmbscat.store`), and ``shard`` restricts the run to one slice of the maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from cmbscat import __version__
+from cmbscat.errors import CmbscatError
+from cmbscat.healpix import check_nside_lmax
+from cmbscat.sky.source import Source, open_source
+from cmbscat.sky.spectra import CL_SOURCE, planck2018_cl
+from cmbscat.stats.minkowski import DEFAULT_THRESHOLDS
+from cmbscat.stats.summary import STATISTICS, MapStatistics
+from cmbscat.store import ItemWriter, Shard, content_hash, file_sha256
+
+
+@dataclass
+class StatsPlan:
+    """A validated stats run: its source, the statistics and the parameters its output records."""
+
+    source: Source
+    statistics: MapStatistics
+    params: dict
+
+    def shard_params(self, shard: Shard | None) -> dict:
+        return {**self.params, "shard": str(shard) if shard else None}
+
+
+def stats_plan(in_path: str | Path, lmax: int | None = None) -> StatsPlan:
+    """Check ``in_path`` and build the statistics at band limit ``lmax`` (default: the input's)."""
+    source = open_source(in_path, "stats")
+    lmax = source.lmax if lmax is None else int(lmax)
+    if not 2 <= lmax <= source.lmax:
+        raise CmbscatError(f"--lmax must be in 2..{source.lmax} (the input's lmax), got {lmax}")
+    check_nside_lmax(source.nside, lmax, "the input's nside")
+    statistics = MapStatistics(source.nside, lmax, planck2018_cl(lmax), DEFAULT_THRESHOLDS)
+    digest = content_hash(source.path) if source.kind == "sims" else file_sha256(source.path)
+    params = {"stage": "stats", "source_name": source.path.name, "source_content_sha256": digest,
+              "input": source.dataset, "nside": source.nside, "lmax": lmax, "n_maps": source.n_maps,
+              "cl_source": CL_SOURCE, "thresholds": statistics.thresholds.tolist(),
+              "minkowski_width": statistics.minkowski_width,
+              "powspec_edges": statistics.powspec_edges.tolist()}
+    return StatsPlan(source, statistics, params)
+
+
+def compute_stats(in_path: str | Path, out_path: str | Path, lmax: int | None = None,
+                  shard: Shard | None = None, progress: bool = True) -> int:
+    """Write (or resume, or find complete) the statistics file ``out_path`` of ``in_path``.
+
+    Returns the number of maps computed by this call (0 if the file was complete).
+    """
+    plan = stats_plan(in_path, lmax)
+    source, statistics = plan.source, plan.statistics
+    n = source.n_maps
+    start, stop = shard.bounds(n) if shard else (0, n)
+    if not Path(out_path).exists():  # a finished output was checked when it was made
+        source.check_finite(start, stop)
+    writer = ItemWriter(out_path, plan.shard_params(shard), start, stop)
+    if writer.complete:
+        return 0
+    todo = writer.pending()
+    h5 = source.open()
+    try:
+        for i in tqdm(todo, desc="stats", unit="map", disable=not progress,
+                      initial=(stop - start) - len(todo), total=stop - start):
+            alm = source.alm(i, statistics.lmax, h5)
+            # a stored map at the band limit is used as it is (the one-point statistics
+            # then see the very pixels the user gave); otherwise it is synthesised once
+            sky_map = (source.pixels(i, h5) if source.dataset != "alm" and statistics.lmax == source.lmax
+                       else None)
+            writer.put(i, statistics(alm, sky_map=sky_map, which=STATISTICS))
+    finally:
+        if h5 is not None:
+            h5.close()
+    attrs = {
+        "kind": "stats", "nside": source.nside, "lmax": statistics.lmax, "n_maps": n,
+        "input": source.dataset, "source": f"{source.path.name} content-sha256:{plan.params['source_content_sha256']}",
+        "cl_source": CL_SOURCE, "ordering": "RING", "cmbscat_version": __version__,
+        "statistics": list(STATISTICS),
+        "powspec_meaning": "log10 of the (2l+1)-weighted mean C_l (uK^2) in bins [edges[k], edges[k+1])",
+        "onepoint_meaning": "skewness, excess kurtosis of the pixel values",
+        "cubic_meaning": "S = -sum_x (C^-1 T)(x) (T(x)^2 - sigma^2) 4pi/npix, the local-f_NL score",
+        "minkowski_meaning": "rows V0 (area), V1 (boundary length), V2 (total contour curvature / "
+                             "8 pi^2) of u = (T - mean)/std at /thresholds (Schmalzing & Gorski 1998)",
+        "minkowski_width": statistics.minkowski_width,
+    }
+    writer.finalize(per_item={"labels": source.labels[start:stop], "seeds": source.seeds[start:stop]},
+                    whole={"powspec_edges": statistics.powspec_edges, "thresholds": statistics.thresholds},
+                    attrs=attrs)
+    return len(todo)
