@@ -175,6 +175,25 @@ def test_scan_of_classical_models_skips_scattering_and_applies_the_fnl_rule(tmp_
     assert "hybrid" not in table
 
 
+def test_gnl_scan_fits_the_amplitude_at_95_percent(tmp_path):
+    """A g_NL scan: the g_NL model reaches the maps, the kurtosis sees it, the cubic statistic
+    does not, and each method gets its amplitude at 95 % accuracy (or 'not reached')."""
+    _, cfg = _write_config(tmp_path)
+    cfg.update(out=str(tmp_path / "scan"), gnl_values=[3e6, 3e7], workers=1,
+               models={"onepoint": {}, "cubic": {}})
+    cfg["simulate"].update(nside=16, lmax=31, n_train=60, n_test=60, ng_model="gnl")
+    cfg["simulate"].pop("fnl")
+    config = tmp_path / "scan.json"
+    config.write_text(json.dumps(cfg))
+    run_cli("pipeline", config, "--scan", "--no-progress", check=True)
+    table = (tmp_path / "scan" / "gnl_scan.md").read_text()
+    with h5py.File(tmp_path / "scan" / "gnl_3e+07" / "sims_test.h5", "r") as f:
+        assert f.attrs["ng_model"] == "gnl" and f.attrs["ng_amplitude"] == 3e7
+    sensitivity = json.loads((tmp_path / "scan" / "sensitivity.json").read_text())
+    assert sensitivity["cubic"]["status"] == "above scan" and "not reached" in table
+    assert "| g_NL |" in table and (tmp_path / "scan" / "gnl_scan.png").exists()
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--models", "onepoint,resnet"], "resnet"),
     (["--scan", "--sealed"], "--sealed"),
