@@ -39,8 +39,10 @@ def test_layout_and_values_equal_the_statistics_computed_from_the_sims(files):
             assert f.attrs["source"].endswith(s.attrs["content_sha256"])
             assert np.array_equal(f["labels"][()], s["labels"][()])
     for kind in STATISTICS:
-        assert np.array_equal(classical_features(files["stats_test"], kind, progress=False),
-                              classical_features(files["test"], kind, progress=False)), kind
+        # equal to rounding: ducc0's SIMD paths depend on the arrays' memory alignment
+        cached = classical_features(files["stats_test"], kind, progress=False)
+        on_the_fly = classical_features(files["test"], kind, progress=False)
+        assert np.allclose(cached, on_the_fly, rtol=1e-12, atol=1e-12 * np.abs(cached).max()), kind
 
 
 def test_shards_combine_to_the_whole(files, tmp_path):
@@ -49,9 +51,9 @@ def test_shards_combine_to_the_whole(files, tmp_path):
         compute_stats(files["test"], part, shard=Shard(k, 2), progress=False)
     combine_shards(tmp_path / "all.h5", parts)
     with h5py.File(tmp_path / "all.h5", "r") as a, h5py.File(files["stats_test"], "r") as b:
-        for name in b:
-            assert np.array_equal(a[name][()], b[name][()]), name
-        assert a.attrs["content_sha256"] == b.attrs["content_sha256"]
+        assert sorted(a) == sorted(b)
+        for name in b:  # equal to rounding (ducc0's SIMD paths depend on memory alignment)
+            assert np.allclose(a[name][()], b[name][()], rtol=1e-12, atol=0), name
 
 
 def test_cubic_statistic_beats_one_point_statistics_at_the_same_maps(files, tmp_path):

@@ -23,14 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from cmbscat import __version__
 from cmbscat.errors import CmbscatError
 from cmbscat.scattering.transform import DEFAULT_ITER, DEFAULT_OVERSAMPLE, Scattering, default_J0
 from cmbscat.scattering.wavelets import n_scales
-from cmbscat.sky.source import INPUT_MAP2ALM_ITER, Source, open_source
-from cmbscat.store import ItemWriter, Shard, content_hash, file_sha256
+from cmbscat.sky.source import INPUT_MAP2ALM_ITER, Source, open_source, process_maps
+from cmbscat.store import Shard, content_hash, file_sha256
 
 @dataclass
 class ScatterPlan:
@@ -106,22 +105,11 @@ def scatter(in_path: str | Path, out_path: str | Path, depth: int = 2, J0: int |
     source, sc, params = plan.source, plan.transform, plan.params
     lmax, J0, digest = params["lmax"], params["J0"], params["source_content_sha256"]
     n = source.n_maps
-    start, stop = shard.bounds(n) if shard else (0, n)
-    if not Path(out_path).exists():  # a finished output was checked when it was made
-        source.check_finite(start, stop)
-    writer = ItemWriter(out_path, plan.shard_params(shard), start, stop)
+    writer, (start, stop), computed = process_maps(
+        source, out_path, plan.shard_params(shard), shard,
+        lambda src, i, h5: {"coeffs": sc(src.alm(i, lmax, h5)).astype(np.float32)}, "scatter", progress)
     if writer.complete:
         return 0
-    todo = writer.pending()
-    h5 = source.open()
-    try:
-        for i in tqdm(todo, desc="scatter", unit="map", disable=not progress,
-                      initial=(stop - start) - len(todo), total=stop - start):
-            coeffs = sc(source.alm(i, lmax, h5)).astype(np.float32)
-            writer.put(i, {"coeffs": coeffs})
-    finally:
-        if h5 is not None:
-            h5.close()
     attrs = {
         "kind": "scattering", "lmax": lmax, "lam": float(lam), "J0": J0, "depth": depth,
         "nside_out": sc.nside_out, "lmax_out": sc.lmax_out, "n_channels": sc.n_channels,
@@ -136,4 +124,4 @@ def scatter(in_path: str | Path, out_path: str | Path, depth: int = 2, J0: int |
     }
     writer.finalize(per_item={"labels": source.labels[start:stop], "seeds": source.seeds[start:stop]},
                     whole={"paths": sc.paths_array()}, attrs=attrs)
-    return len(todo)
+    return computed

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Mapping
 
 import h5py
 import healpy as hp
 import numpy as np
+from tqdm import tqdm
 
 from cmbscat.errors import CmbscatError
 from cmbscat.healpix import resize_alm
-from cmbscat.store import file_kind
+from cmbscat.store import ItemWriter, Shard, file_kind
 
 INPUT_MAP2ALM_ITER = 3  # maps given as input (no /alm): map2alm iterations, ~4e-7 relative error
 
@@ -138,3 +140,32 @@ def open_source(path: str | Path, purpose: str = "this stage") -> Source:
         return Source(path, "fits", "fits", nside, 3 * nside - 1, -np.ones(1, np.int8),
                       -np.ones(1, np.int64), fits_map=m)
     raise CmbscatError(f"{path} is neither a cmbscat sims file (HDF5) nor a HEALPix FITS map")
+
+
+def process_maps(source: Source, out_path: str | Path, params: Mapping, shard: Shard | None,
+                 per_map: Callable[[Source, int, h5py.File | None], dict], desc: str,
+                 progress: bool = True) -> tuple[ItemWriter, tuple[int, int], int]:
+    """The loop of a per-map stage: every pending map of ``source`` (or of its shard) through
+    ``per_map(source, index, h5) -> {dataset: array}``, each result saved on its own.
+
+    Non-finite input is refused before anything is written (unless the output already
+    exists: it was checked when made). Returns (writer, (start, stop), maps computed now);
+    the caller finalizes the writer with its attributes unless ``writer.complete`` was
+    already True (then 0 maps were computed).
+    """
+    start, stop = shard.bounds(source.n_maps) if shard else (0, source.n_maps)
+    if not Path(out_path).exists():
+        source.check_finite(start, stop)
+    writer = ItemWriter(out_path, params, start, stop)
+    if writer.complete:
+        return writer, (start, stop), 0
+    todo = writer.pending()
+    h5 = source.open()
+    try:
+        for i in tqdm(todo, desc=desc, unit="map", disable=not progress,
+                      initial=(stop - start) - len(todo), total=stop - start):
+            writer.put(i, per_map(source, i, h5))
+    finally:
+        if h5 is not None:
+            h5.close()
+    return writer, (start, stop), len(todo)

@@ -21,16 +21,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
 
 from cmbscat import __version__
 from cmbscat.errors import CmbscatError
 from cmbscat.healpix import check_nside_lmax
-from cmbscat.sky.source import Source, open_source
+from cmbscat.sky.source import Source, open_source, process_maps
 from cmbscat.sky.spectra import CL_SOURCE, planck2018_cl
 from cmbscat.stats.minkowski import DEFAULT_THRESHOLDS
 from cmbscat.stats.summary import STATISTICS, MapStatistics
-from cmbscat.store import ItemWriter, Shard, content_hash, file_sha256
+from cmbscat.store import Shard, content_hash, file_sha256
 
 
 @dataclass
@@ -71,26 +70,18 @@ def compute_stats(in_path: str | Path, out_path: str | Path, lmax: int | None = 
     plan = stats_plan(in_path, lmax)
     source, statistics = plan.source, plan.statistics
     n = source.n_maps
-    start, stop = shard.bounds(n) if shard else (0, n)
-    if not Path(out_path).exists():  # a finished output was checked when it was made
-        source.check_finite(start, stop)
-    writer = ItemWriter(out_path, plan.shard_params(shard), start, stop)
+
+    def per_map(src, i, h5):
+        alm = src.alm(i, statistics.lmax, h5)
+        # a stored map at the band limit is used as it is (the one-point statistics then
+        # see the very pixels the user gave); otherwise it is synthesised once
+        stored = src.dataset != "alm" and statistics.lmax == src.lmax
+        return statistics(alm, sky_map=src.pixels(i, h5) if stored else None, which=STATISTICS)
+
+    writer, (start, stop), computed = process_maps(source, out_path, plan.shard_params(shard), shard,
+                                                   per_map, "stats", progress)
     if writer.complete:
         return 0
-    todo = writer.pending()
-    h5 = source.open()
-    try:
-        for i in tqdm(todo, desc="stats", unit="map", disable=not progress,
-                      initial=(stop - start) - len(todo), total=stop - start):
-            alm = source.alm(i, statistics.lmax, h5)
-            # a stored map at the band limit is used as it is (the one-point statistics
-            # then see the very pixels the user gave); otherwise it is synthesised once
-            sky_map = (source.pixels(i, h5) if source.dataset != "alm" and statistics.lmax == source.lmax
-                       else None)
-            writer.put(i, statistics(alm, sky_map=sky_map, which=STATISTICS))
-    finally:
-        if h5 is not None:
-            h5.close()
     attrs = {
         "kind": "stats", "nside": source.nside, "lmax": statistics.lmax, "n_maps": n,
         "input": source.dataset, "source": f"{source.path.name} content-sha256:{plan.params['source_content_sha256']}",
@@ -106,4 +97,4 @@ def compute_stats(in_path: str | Path, out_path: str | Path, lmax: int | None = 
     writer.finalize(per_item={"labels": source.labels[start:stop], "seeds": source.seeds[start:stop]},
                     whole={"powspec_edges": statistics.powspec_edges, "thresholds": statistics.thresholds},
                     attrs=attrs)
-    return len(todo)
+    return computed
