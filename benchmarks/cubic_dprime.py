@@ -67,7 +67,7 @@ def main():
 
     sim = SkySimulator(args.nside, args.lmax, args.fnl)
     statistic = CubicStatistic(sim.cl, args.nside, args.lmax, nthreads=args.threads)
-    a = sim.local_fnl.a
+    a = sim.non_gaussian.a
     fisher = fisher_information_legendre(sim.cl)
 
     n_maps = 2 * args.n

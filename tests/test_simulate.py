@@ -88,7 +88,7 @@ def test_classes_have_the_same_binned_spectrum(ensemble):
 def test_without_the_transfer_function_the_spectra_would_differ(ensemble):
     """The rescaling is needed: the quadratic term's extra power is detectable here."""
     sim, data = ensemble
-    excess = sim.local_fnl.a**2 * sim.local_fnl.quadratic_cl[2:] / sim.cl[2:]
+    excess = sim.non_gaussian.a**2 * sim.non_gaussian.quadratic_cl[2:] / sim.cl[2:]
     # summed over ell the expected shift is many standard errors
     assert detectable_without_transfer(sim, excess, len(data[1][0])) > 100
 
@@ -101,7 +101,7 @@ def test_non_gaussian_maps_have_negative_skewness(ensemble):
     # Sachs-Wolfe: T = g - a g^2 with a = 3 f_NL / T_CMB > 0 gives <T^3> < 0
     assert skew_ng.mean() < -10 * skew_ng.std() / np.sqrt(len(skew_ng))
     assert np.mean(skew_ng < 0) > 0.9
-    predicted = -6 * (3 * 3000 / T_CMB_UK) * np.sqrt(sim.local_fnl.sigma2)
+    predicted = -6 * (3 * 3000 / T_CMB_UK) * np.sqrt(sim.non_gaussian.sigma2)
     assert 0.3 < skew_ng.mean() / predicted < 1.5
 
 

@@ -128,13 +128,6 @@ class SkySimulator:
         else:
             self.non_gaussian = LocalFNL(self.cl, nside, fnl)
 
-    @property
-    def local_fnl(self) -> LocalFNL:
-        """The local model's transform (name kept for callers written before g_NL)."""
-        if not isinstance(self.non_gaussian, LocalFNL):
-            raise AttributeError("this SkySimulator is model gnl; use .non_gaussian")
-        return self.non_gaussian
-
     def alm(self, seed: int, label: int) -> tuple[np.ndarray, np.ndarray | None]:
         """a_lm (complex128, healpy order, uK) of a sky, and the Gaussian map if one was made."""
         g_alm = gaussian_alm(self.cl, np.random.default_rng(int(seed)))
