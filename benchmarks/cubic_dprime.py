@@ -1,6 +1,7 @@
 """How well the cubic statistic S and the skewness separate the classes: d' and cost per map.
 
     python benchmarks/cubic_dprime.py [--n 50] [--nside 512] [--lmax 1023] [--fnl 50] [--seed 0]
+    python benchmarks/cubic_dprime.py --stats results/fnl_scan/fnl_50/stats_*.h5   # no simulation
 
 Draws --n maps per class as a sims file does (map i: seed ``map_seeds(seed, 2n)[i]``,
 label i % 2; the classes share no seeds) and prints, for S
@@ -54,8 +55,29 @@ def bootstrap_error(values: np.ndarray, labels: np.ndarray, n_resamples: int, se
     return float(np.std(draws, ddof=1))
 
 
+def from_stats_files(paths: list[str], n_resamples: int) -> None:
+    """d' of S and of the skewness read from ``cmbscat stats`` files (all maps pooled)."""
+    import h5py
+
+    scores, skewness, labels = [], [], []
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            scores.append(f["cubic"][:, 0])
+            skewness.append(f["onepoint"][:, 0])
+            labels.append(f["labels"][()])
+            lmax, nside = int(f.attrs["lmax"]), int(f.attrs["nside"])
+    scores, skewness, labels = map(np.concatenate, (scores, skewness, labels))
+    print(f"{len(paths)} stats file(s), nside {nside}, lmax {lmax}: "
+          f"{int(np.sum(labels == 0))} Gaussian and {int(np.sum(labels == 1))} non-Gaussian maps")
+    for name, values in (("S", scores), ("skewness", skewness)):
+        print(f"d'({name}) = {dprime(values, labels):+.2f} +- {bootstrap_error(values, labels, n_resamples):.2f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stats", nargs="+", default=None, metavar="FILE",
+                        help="read S and the skewness from these `cmbscat stats` files instead "
+                             "of simulating")
     parser.add_argument("--n", type=int, default=50, help="maps per class")
     parser.add_argument("--nside", type=int, default=512)
     parser.add_argument("--lmax", type=int, default=1023)
@@ -64,6 +86,9 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help="threads of S's synthesis")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     args = parser.parse_args()
+    if args.stats:
+        from_stats_files(args.stats, args.bootstrap)
+        return
 
     sim = SkySimulator(args.nside, args.lmax, args.fnl)
     statistic = CubicStatistic(sim.cl, args.nside, args.lmax, nthreads=args.threads)
