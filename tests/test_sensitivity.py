@@ -42,3 +42,15 @@ def test_ratio_of_two_fits():
     b = amplitude_at_accuracy(amplitudes, np.round(n * model_accuracy(amplitudes, 30, 2)), n)
     value, low, high = ratio(b, a)
     assert value == pytest.approx(3.0, rel=0.05) and low < value < high
+
+
+def test_a_narrow_interval_brackets_its_estimate():
+    # a steep, well-measured curve: its 68 % interval is narrower than the profile
+    # grid's spacing, and must still contain the estimate (regression: it was one
+    # grid point, [39.6, 39.6] around an estimate of 39.0)
+    fit = amplitude_at_accuracy([10, 20, 30, 50, 80], np.array([100, 127, 178, 198, 200]),
+                                np.full(5, 200))
+    low, high = fit["interval68"]
+    assert fit["status"] == "ok"
+    assert low < fit["estimate"] < high
+    assert 0.02 < np.log(high / low) < 0.3

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import brentq, minimize_scalar
 from scipy.stats import norm
 
 #: Range of the power p allowed in the fit (d' proportional to A^p).
@@ -42,6 +42,25 @@ def _profile(log_a: float, amplitudes, k, n, target) -> tuple[float, float]:
     res = minimize_scalar(lambda log_p: -_log_likelihood(log_a, math.exp(log_p), amplitudes, k, n, target),
                           bounds=tuple(np.log(P_RANGE)), method="bounded", options={"xatol": 1e-4})
     return -float(res.fun), math.exp(float(res.x))
+
+
+def _interval_edge(log_best: float, outward: np.ndarray, amplitudes, k, n, target,
+                   log_l_max: float) -> float | None:
+    """log A_target where the profile log-likelihood falls 0.5 below its maximum.
+
+    ``outward`` are grid points walked away from ``log_best`` (increasing distance);
+    the first one below the threshold brackets the crossing, which is then solved for
+    exactly (the interval may be narrower than the grid's spacing). None when the
+    profile stays above the threshold over the whole grid (the data do not bound it).
+    """
+    threshold = log_l_max - 0.5
+    inner = log_best
+    for g in outward:
+        if _profile(g, amplitudes, k, n, target)[0] < threshold:
+            return float(brentq(lambda x: _profile(x, amplitudes, k, n, target)[0] - threshold,
+                                min(inner, g), max(inner, g), xtol=1e-6))
+        inner = g
+    return None
 
 
 def amplitude_at_accuracy(amplitudes, n_correct, n_maps, target: float = 0.95) -> dict:
@@ -71,9 +90,9 @@ def amplitude_at_accuracy(amplitudes, n_correct, n_maps, target: float = 0.95) -
                           method="bounded", options={"xatol": 1e-5})
     log_best, log_l_max = float(res.x), -float(res.fun)
     p_best = _profile(log_best, a, k, n, target)[1]
-    inside = profile >= log_l_max - 0.5
-    low = math.exp(grid[np.argmax(inside)]) if not inside[0] else 0.0
-    high = math.exp(grid[len(inside) - 1 - np.argmax(inside[::-1])]) if not inside[-1] else math.inf
+    low = _interval_edge(log_best, grid[grid < log_best][::-1], a, k, n, target, log_l_max)
+    high = _interval_edge(log_best, grid[grid > log_best], a, k, n, target, log_l_max)
+    low, high = (math.exp(low) if low is not None else 0.0), (math.exp(high) if high is not None else math.inf)
     estimate = math.exp(log_best)
     if estimate > hi_scan:
         status = "above scan"
