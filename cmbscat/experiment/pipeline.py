@@ -772,6 +772,7 @@ def _plot_scan(path: Path, results: dict, models: list[str], label: str = "f_NL"
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fnls = sorted(results)
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -784,6 +785,9 @@ def _plot_scan(path: Path, results: dict, models: list[str], label: str = "f_NL"
                     label=METHOD_NAMES.get(m, m))
     ax.axhline(50, color="k", ls=":", lw=1)
     ax.set_xscale("log")
+    # the scanned amplitudes as plain tick labels (a log axis would print 3x10^1)
+    ax.set_xticks(fnls, [f"{f:g}" for f in fnls])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel(f"{label} (Sachs-Wolfe toy model)")
     ax.set_ylabel("test accuracy [%] (68 % Wilson intervals)")
     ax.legend(fontsize=8)
