@@ -44,23 +44,24 @@ def _profile(log_a: float, amplitudes, k, n, target) -> tuple[float, float]:
     return -float(res.fun), math.exp(float(res.x))
 
 
-def _interval_edge(log_best: float, outward: np.ndarray, amplitudes, k, n, target,
-                   log_l_max: float) -> float | None:
+def _interval_edge(log_best: float, outward: np.ndarray, outward_profile: np.ndarray,
+                   amplitudes, k, n, target, log_l_max: float) -> float | None:
     """log A_target where the profile log-likelihood falls 0.5 below its maximum.
 
-    ``outward`` are grid points walked away from ``log_best`` (increasing distance);
-    the first one below the threshold brackets the crossing, which is then solved for
-    exactly (the interval may be narrower than the grid's spacing). None when the
-    profile stays above the threshold over the whole grid (the data do not bound it).
+    ``outward`` are grid points walked away from ``log_best`` (increasing distance) and
+    ``outward_profile`` the profile log-likelihood already computed there; the first
+    one below the threshold brackets the crossing, which is then solved for exactly
+    (the interval may be narrower than the grid's spacing). None when the profile
+    stays above the threshold over the whole grid (the data do not bound it).
     """
     threshold = log_l_max - 0.5
-    inner = log_best
-    for g in outward:
-        if _profile(g, amplitudes, k, n, target)[0] < threshold:
-            return float(brentq(lambda x: _profile(x, amplitudes, k, n, target)[0] - threshold,
-                                min(inner, g), max(inner, g), xtol=1e-6))
-        inner = g
-    return None
+    below = np.flatnonzero(outward_profile < threshold)
+    if below.size == 0:
+        return None
+    first = int(below[0])
+    inner = log_best if first == 0 else outward[first - 1]
+    return float(brentq(lambda x: _profile(x, amplitudes, k, n, target)[0] - threshold,
+                        min(inner, outward[first]), max(inner, outward[first]), xtol=1e-6))
 
 
 def amplitude_at_accuracy(amplitudes, n_correct, n_maps, target: float = 0.95) -> dict:
@@ -90,9 +91,11 @@ def amplitude_at_accuracy(amplitudes, n_correct, n_maps, target: float = 0.95) -
                           method="bounded", options={"xatol": 1e-5})
     log_best, log_l_max = float(res.x), -float(res.fun)
     p_best = _profile(log_best, a, k, n, target)[1]
-    low = _interval_edge(log_best, grid[grid < log_best][::-1], a, k, n, target, log_l_max)
-    high = _interval_edge(log_best, grid[grid > log_best], a, k, n, target, log_l_max)
-    low, high = (math.exp(low) if low is not None else 0.0), (math.exp(high) if high is not None else math.inf)
+    below, above = grid < log_best, grid > log_best
+    log_low = _interval_edge(log_best, grid[below][::-1], profile[below][::-1], a, k, n, target, log_l_max)
+    log_high = _interval_edge(log_best, grid[above], profile[above], a, k, n, target, log_l_max)
+    low = math.exp(log_low) if log_low is not None else 0.0
+    high = math.exp(log_high) if log_high is not None else math.inf
     estimate = math.exp(log_best)
     if estimate > hi_scan:
         status = "above scan"
