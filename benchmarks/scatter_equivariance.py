@@ -4,6 +4,9 @@
     python benchmarks/scatter_equivariance.py --part table --lmax 255 1023 --rotations 5
     python benchmarks/scatter_equivariance.py --part tradeoff --lmax 1023
 
+The table has a row with the odd channels C[j1, j2] (``Scattering(odd=True)``, depth 2)
+and their own error columns.
+
 Error of one rotation R (ZYZ Euler angles, uniform on SO(3)), applied exactly in
 harmonic space with healpy.rotate_alm to the input a_lm and to the output a_lm:
 
@@ -37,16 +40,18 @@ def random_rotations(n: int, seed: int) -> list[tuple[float, float, float]]:
 
 
 def errors(sc: Scattering, alm: np.ndarray, rotated: list[np.ndarray], rotations) -> dict:
-    """Relative equivariance errors over rotations: all channels, and the top order only."""
+    """Relative equivariance errors over rotations: all channels, the top order only, and
+    the odd channels C[j1, j2] only (NaN without them)."""
     w = alm_weights(sc.lmax_out)
-    top = sc.order() == sc.depth
+    top, odd = sc.order() == sc.depth, sc.order() == -1
     s = sc.forward_alm(alm)
-    out = {"all": [], "top": []}
+    out = {"all": [], "top": [], "odd": []}
     for alm_r, angles in zip(rotated, rotations):
         diff = sc.forward_alm(alm_r) - np.stack([rotate_alm(c, sc.lmax_out, *angles) for c in s])
         d2, n2 = np.sum(w * np.abs(diff) ** 2, axis=1), np.sum(w * np.abs(s) ** 2, axis=1)
         out["all"].append(np.sqrt(d2.sum() / n2.sum()))
         out["top"].append(np.sqrt(d2[top].sum() / n2[top].sum()))
+        out["odd"].append(np.sqrt(d2[odd].sum() / n2[odd].sum()) if odd.any() else np.nan)
     return {k: np.array(v) for k, v in out.items()}
 
 
@@ -60,20 +65,22 @@ def pair_seconds(alm, lmax, nside):
 
 def table(lmaxes, n_rot, seed, J0):
     print("### Rotational equivariance, default settings\n")
-    print("| lmax | depth | channels | grids nside_j (j: nside) | mean err (all ch.) | max err (all ch.) "
-          "| mean err (order-d ch.) | max err (order-d ch.) | rotations |")
-    print("|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+    print("| lmax | depth | odd | channels | grids nside_j (j: nside) | mean err (all ch.) "
+          "| max err (all ch.) | mean err (order-d ch.) | max err (order-d ch.) "
+          "| mean err (odd ch.) | max err (odd ch.) | rotations |")
+    print("|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for lmax in lmaxes:
         alm = gaussian_alm(planck2018_cl(lmax), np.random.default_rng(seed))
         rots = random_rotations(n_rot, seed + 1)
         rotated = [rotate_alm(alm, lmax, *r) for r in rots]
-        for depth in (1, 2, 3):
-            sc = Scattering(lmax, depth=depth, J0=J0)
+        for depth, odd in ((1, False), (2, False), (3, False), (2, True)):
+            sc = Scattering(lmax, depth=depth, J0=J0, odd=odd)
             e = errors(sc, alm, rotated, rots)
             grids = " ".join(f"{j}:{g[0]}" for j, g in sc.grid.items())
-            print(f"| {lmax} | {depth} | {sc.n_channels} | {grids} | {e['all'].mean():.2e} | "
-                  f"{e['all'].max():.2e} | {e['top'].mean():.2e} | {e['top'].max():.2e} | {n_rot} |",
-                  flush=True)
+            odd_err = (f"{e['odd'].mean():.2e} | {e['odd'].max():.2e}" if odd else "- | -")
+            print(f"| {lmax} | {depth} | {'yes' if odd else 'no'} | {sc.n_channels} | {grids} | "
+                  f"{e['all'].mean():.2e} | {e['all'].max():.2e} | {e['top'].mean():.2e} | "
+                  f"{e['top'].max():.2e} | {odd_err} | {n_rot} |", flush=True)
     print()
 
 

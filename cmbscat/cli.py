@@ -129,23 +129,33 @@ def simulate(out, n_maps, nside, lmax, fnl, gnl, seed, ng_model, store, shard, p
                    "[default: min(256, smallest power of two with lmax <= 2*nside-1)]")
 @click.option("--iter", "map2alm_iter", type=int, default=None,
               help="healpy map2alm iterations after each modulus. [default: 0]")
+@click.option("--odd/--no-odd", default=False, show_default=True,
+              help="Add the odd channels C[j1,j2] = ((f*Psi_j1) |f*Psi_j2|^q) * Phi for every "
+                   "j1 < j2 (j1 = phi: the scaling band), after the S[p] channels. They keep the "
+                   "sign of f (C(-f) = -C(f)) and so the bispectrum that local f_NL leaves; "
+                   "the S[p] channels other than S[()] are even in f.")
+@click.option("--odd-power", type=int, default=None,
+              help="q of the odd channels' envelope |f*Psi_j2|^q: 1 or 2. [default: 2]")
 @_shard_option
 @_progress_option
-def scatter(source, out, depth, J0, lam, lmax, oversample, min_nside, map2alm_iter, shard, progress):
+def scatter(source, out, depth, J0, lam, lmax, oversample, min_nside, map2alm_iter, odd, odd_power,
+            shard, progress):
     """Scattering coefficients of every map in IN (a sims file or a HEALPix FITS map) into OUT.
 
     OUT holds /coeffs float32 (N, C, npix_out) in RING order at nside_out (raw S[p], unit
-    of the input, uK), /labels, /seeds, /paths (C, depth; -1 padded) and provenance
-    attributes. Uses /alm when IN has it, else /maps. Maps are processed one at a time;
+    of the input, uK; with --odd the K odd channels follow, unit uK^(1+q)), /labels,
+    /seeds, /paths (one row per S[p] channel, depth columns; -1 padded), /odd_pairs
+    (K, 2: j1, j2; j1 = -1 for the scaling band; with --odd) and provenance attributes. Uses /alm when IN has it, else /maps. Maps are processed one at a time;
     re-running the same command resumes an interrupted run.
     """
     from cmbscat.scattering.stage import scatter as run
-    from cmbscat.scattering.transform import DEFAULT_ITER, DEFAULT_OVERSAMPLE
+    from cmbscat.scattering.transform import DEFAULT_ITER, DEFAULT_ODD_POWER, DEFAULT_OVERSAMPLE
     from cmbscat.store import Shard
 
     n_new = run(source, out, depth=depth, J0=J0, lam=lam, lmax=lmax,
                 oversample=DEFAULT_OVERSAMPLE if oversample is None else oversample,
                 iter=DEFAULT_ITER if map2alm_iter is None else map2alm_iter, min_nside=min_nside,
+                odd=odd, odd_power=DEFAULT_ODD_POWER if odd_power is None else odd_power,
                 shard=Shard.parse(shard) if shard else None, progress=progress)
     click.echo(f"wrote {out} ({n_new} maps computed now)" if n_new else f"{out} is already complete",
                err=True)
@@ -203,11 +213,17 @@ def stats(source, out, lmax, shard, progress):
 @click.option("--patience", type=int, default=0,
               help="Stop when the validation loss has not improved for this many epochs "
                    "(0: run all --epochs).")
+@click.option("--augment/--no-augment", default=None,
+              help="Train on exact random rotations of the scattering coefficient maps (each "
+                   "example in each epoch under its own rotation, uniform on SO(3), applied in "
+                   "harmonic space): the front-end is equivariant, so a rotated sky's "
+                   "coefficients are the rotated coefficients. Hybrid only. [default: on for "
+                   "the hybrid]")
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
 @_progress_option
 def train(data, run_dir, model, epochs, batch_size, lr, weight_decay, val_fraction, seed,
-          baseline_nside, baseline_lmax, patience, device, progress):
+          baseline_nside, baseline_lmax, patience, augment, device, progress):
     """Train a classifier on DATA into RUN_DIR (checkpoints, curves, config).
 
     Inputs are standardised with statistics of the training split only, saved with
@@ -220,7 +236,7 @@ def train(data, run_dir, model, epochs, batch_size, lr, weight_decay, val_fracti
     config = TrainConfig(data=str(data), model=model, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, val_fraction=val_fraction, seed=seed,
                          baseline_nside=baseline_nside, baseline_lmax=baseline_lmax,
-                         patience=patience)
+                         patience=patience, augment=augment)
     summary = run(run_dir, config, device=device, progress=progress)
     click.echo(f"{run_dir}: {model} trained, validation accuracy {summary['val_accuracy']:.3f}",
                err=True)

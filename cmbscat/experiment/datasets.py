@@ -43,6 +43,7 @@ def scattering_inputs(path: str | Path) -> tuple[np.ndarray, dict]:
         coeffs = f["coeffs"][()].astype(np.float32)
         meta = {"nside": int(f.attrs["nside_out"]), "channels": int(coeffs.shape[1]),
                 "paths": f["paths"][()].tolist() if "paths" in f else None,
+                "odd_pairs": f["odd_pairs"][()].tolist() if "odd_pairs" in f else [],
                 "lmax": int(f.attrs["lmax"])}
     return _require_finite(coeffs, path, "scattering coefficients"), meta
 

@@ -189,11 +189,15 @@ def _discard_item_output(path: Path, shard_paths: list[Path]) -> None:
 
 
 def _cli_flags(options: dict) -> list[str]:
-    """``{"n_maps": 4, "J0": 5}`` -> ``["--n-maps", "4", "--J0", "5"]`` (None values dropped)."""
+    """``{"n_maps": 4, "J0": 5, "odd": True}`` -> ``["--n-maps", "4", "--J0", "5", "--odd"]``
+    (None values dropped; booleans become ``--name`` / ``--no-name`` switches)."""
     flags = []
     for key, value in options.items():
-        if value is not None:
-            flags += [f"--{key.replace('_', '-')}", str(value)]
+        name = key.replace('_', '-')
+        if isinstance(value, bool):
+            flags.append(f"--{name}" if value else f"--no-{name}")
+        elif value is not None:
+            flags += [f"--{name}", str(value)]
     return flags
 
 
@@ -366,7 +370,8 @@ class Experiment:
         unknown = sorted(set(settings) - set(TrainConfig.__dataclass_fields__) - {"data", "model"})
         if unknown:
             raise CmbscatError(f"models.{model} in the config has unknown settings: {', '.join(unknown)}")
-        return TrainConfig(data=str(self.data_path(model, "train")), model=model, seed=seed, **settings)
+        return TrainConfig(data=str(self.data_path(model, "train")), model=model, seed=seed,
+                           **settings).resolved()
 
     def train_stage(self, model: str, seed: int) -> Stage:
         from cmbscat.experiment.train import read_run_record, record_defaults, run_record, train

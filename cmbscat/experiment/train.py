@@ -29,7 +29,7 @@ import math
 import os
 import pickle
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,9 @@ from cmbscat.store import atomic_write_text, content_hash, describe_difference, 
 NN_MODELS = ("hybrid", "baseline")
 CLASSICAL_MODELS = ("powspec", "onepoint", "cubic", "minkowski")
 MODELS = NN_MODELS + CLASSICAL_MODELS
+#: Random-rotation augmentation by default: on for the hybrid (its inputs are band-limited
+#: coefficient maps at low nside, rotated exactly and cheaply in harmonic space).
+AUGMENT_DEFAULT = {"hybrid": True}
 #: The stage files each model can read (DESIGN.md layouts; :func:`cmbscat.store.file_kind`).
 MODEL_INPUTS = {"hybrid": ("scattering",), "baseline": ("sims",),
                 **{m: ("stats", "sims") for m in CLASSICAL_MODELS}}
@@ -61,6 +64,15 @@ class TrainConfig:
     baseline_nside: int = 64
     baseline_lmax: int = 127
     patience: int = 0
+    #: exact random rotations of the training inputs (:mod:`cmbscat.experiment.augment`);
+    #: None: the model's default (:data:`AUGMENT_DEFAULT`)
+    augment: bool | None = None
+
+    def resolved(self) -> "TrainConfig":
+        """This configuration with model-dependent defaults filled in."""
+        if self.augment is None:
+            return replace(self, augment=AUGMENT_DEFAULT.get(self.model, False))
+        return self
 
     def validate(self) -> None:
         for name in ("lr", "weight_decay", "val_fraction"):
@@ -81,6 +93,9 @@ class TrainConfig:
             raise CmbscatError(f"--patience must be >= 0 (0: never stop early), got {self.patience}")
         if not 0 < self.val_fraction < 1:
             raise CmbscatError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        if self.augment and self.model != "hybrid":
+            raise CmbscatError(f"--augment applies to the hybrid's scattering coefficients only, "
+                               f"not to --model {self.model}")
 
 
 def split_indices(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -110,8 +125,8 @@ def model_inputs(kind: str, path: str, meta: dict | None = None,
     if kind == "hybrid":
         x, found = datasets.scattering_inputs(path)
         if meta is not None:
-            for key in ("nside", "channels", "paths"):
-                if meta.get(key) != found.get(key):
+            for key in ("nside", "channels", "paths", "odd_pairs"):
+                if meta.get(key, []) != found.get(key, []):  # models from before odd_pairs: []
                     raise CmbscatError(f"{path} does not match the trained model: its {key} is "
                                        f"{found.get(key)}, the model's {meta.get(key)}")
         return x, found
@@ -181,8 +196,9 @@ def read_run_record(run_dir: str | Path) -> dict | None:
 
 
 def record_defaults(config: TrainConfig) -> dict:
-    """Values that settings added since a run was made take when its record lacks them."""
-    return asdict(TrainConfig(data=config.data))
+    """Values that settings added since a run was made take when its record lacks them:
+    the behaviour before the setting existed (no augmentation), not today's default."""
+    return asdict(TrainConfig(data=config.data, augment=False))
 
 
 def _existing_run(run_dir: Path, config: TrainConfig, record: dict) -> bool:
@@ -217,6 +233,7 @@ def train(run_dir: str | Path, config: TrainConfig, device: str = "auto",
     Every check, reading the inputs included (non-finite values are refused), comes
     before anything is written, so a refused run leaves no folder behind.
     """
+    config = config.resolved()
     config.validate()
     run_dir = Path(run_dir)
     if not Path(config.data).exists():
@@ -336,8 +353,14 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
 
     x_t = torch.from_numpy(x)
     y_t = torch.from_numpy(labels.astype(np.float32))
+    augmenter, train_alm = None, None
+    if config.augment:
+        from cmbscat.experiment.augment import RotationAugmenter
 
-    def run_epoch(indices, train: bool, generator=None):
+        augmenter = RotationAugmenter(nside)
+        train_alm = dict(zip(train_idx.tolist(), augmenter.to_alm(x[train_idx])))
+
+    def run_epoch(indices, train: bool, generator=None, rotations=None):
         model.train(train)
         order = indices[torch.randperm(len(indices), generator=generator).numpy()] if train else indices
         total_loss, correct, used = 0.0, 0, 0
@@ -345,7 +368,12 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
             batch = order[lo:lo + config.batch_size]
             if train and len(batch) < 2:
                 continue  # batch norm needs two samples: this map is not used, nor counted
-            xb, yb = x_t[batch].to(device), y_t[batch].to(device)
+            if rotations is not None:  # each example under its own random rotation
+                xb = torch.from_numpy(augmenter(np.stack([train_alm[i] for i in batch.tolist()]),
+                                                rotations)).to(device)
+            else:
+                xb = x_t[batch].to(device)
+            yb = y_t[batch].to(device)
             with torch.set_grad_enabled(train):
                 logits = model(xb)
                 loss = F.binary_cross_entropy_with_logits(logits, yb)
@@ -365,7 +393,9 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
             break  # also on resume: the decision depends on the saved history alone
         t0 = time.time()
         generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
-        train_loss, train_acc = run_epoch(train_idx, True, generator)
+        # the rotations of epoch e depend on (seed, e) only: a resumed run draws the same
+        rotations = np.random.default_rng([config.seed, epoch, 7]) if augmenter else None
+        train_loss, train_acc = run_epoch(train_idx, True, generator, rotations)
         val_loss, val_acc = run_epoch(val_idx, False)
         scheduler.step()
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,

@@ -6,10 +6,13 @@ Reads a sims file (DESIGN.md layout: ``/alm`` and/or ``/maps``, ``/labels``,
     /coeffs  float32 (N, C, npix_out)  S[p] f in RING order at nside_out, unit of the input (uK)
     /labels  int8 (N,)                 copied (-1 for a FITS map)
     /seeds   int64 (N,)                copied (-1 for a FITS map)
-    /paths   int64 (C, depth)          scale index j of each step of each channel's path, -1 padded
+    /paths   int64 (P, depth)          scale index j of each step of each S[p] channel's path, -1 padded
+    /odd_pairs int64 (K, 2)            (j1, j2) of each odd channel C[j1, j2] (``odd=True`` only;
+                                       j1 = -1: the scaling band); channel P + k is C[odd_pairs[k]],
+                                       so C = P + K (files without it: K = 0, C = P)
     attrs    kind="scattering", lmax, lam, J0, depth, nside_out, lmax_out, oversample,
-             map2alm_iter, source ("<name> content-sha256:<hex>"), input ("alm" | "maps" | "fits"),
-             cmbscat_version, unit, ordering, channel_names, ...
+             map2alm_iter, odd, odd_power, source ("<name> content-sha256:<hex>"),
+             input ("alm" | "maps" | "fits"), cmbscat_version, unit, ordering, channel_names, ...
 
 Maps are processed one at a time (memory independent of N), each finished map is
 saved on its own (resumable, see :mod:`cmbscat.store`), and ``shard`` restricts the
@@ -26,7 +29,8 @@ import numpy as np
 
 from cmbscat import __version__
 from cmbscat.errors import CmbscatError
-from cmbscat.scattering.transform import DEFAULT_ITER, DEFAULT_OVERSAMPLE, Scattering, default_J0
+from cmbscat.scattering.transform import (DEFAULT_ITER, DEFAULT_ODD_POWER, DEFAULT_OVERSAMPLE,
+                                          Scattering, default_J0)
 from cmbscat.scattering.wavelets import n_scales
 from cmbscat.sky.source import INPUT_MAP2ALM_ITER, Source, open_source, process_maps
 from cmbscat.store import Shard, content_hash, file_sha256
@@ -45,7 +49,8 @@ class ScatterPlan:
 
 def scatter_plan(in_path: str | Path, depth: int = 2, J0: int | None = None, lam: float = 2.0,
                  lmax: int | None = None, oversample: float = DEFAULT_OVERSAMPLE,
-                 iter: int = DEFAULT_ITER, min_nside: int | None = None) -> ScatterPlan:
+                 iter: int = DEFAULT_ITER, min_nside: int | None = None, odd: bool = False,
+                 odd_power: int = DEFAULT_ODD_POWER) -> ScatterPlan:
     """Check the options against the input ``in_path`` and build the transform (see :func:`scatter`).
 
     The plan's ``params`` record the input's content hash (:func:`cmbscat.store.content_hash`:
@@ -70,6 +75,8 @@ def scatter_plan(in_path: str | Path, depth: int = 2, J0: int | None = None, lam
         raise CmbscatError(f"--oversample must be >= 1, got {oversample}")
     if iter < 0:
         raise CmbscatError(f"--iter must be >= 0, got {iter}")
+    if odd_power not in (1, 2):
+        raise CmbscatError(f"--odd-power must be 1 or 2, got {odd_power}")
     if min_nside is not None and min_nside < 0:
         raise CmbscatError(f"--min-nside must be >= 0, got {min_nside}")
     J = n_scales(lmax, lam)
@@ -79,29 +86,33 @@ def scatter_plan(in_path: str | Path, depth: int = 2, J0: int | None = None, lam
         raise CmbscatError(f"--J0 must be in 0..{J} for lmax {lmax} and lam {lam:g}, got {J0}")
     sc = Scattering(lmax, nside=source.nside, depth=depth, J0=J0, lam=lam,
                     oversample=oversample, iter=iter, input_iter=INPUT_MAP2ALM_ITER,
-                    min_nside=min_nside)
+                    min_nside=min_nside, odd=odd, odd_power=odd_power)
     digest = content_hash(source.path) if source.kind == "sims" else file_sha256(source.path)
     params = {"stage": "scatter", "source_name": source.path.name, "source_content_sha256": digest,
               "input": source.dataset, "lmax": lmax, "lam": float(lam), "J0": J0, "depth": depth,
               "oversample": float(oversample), "min_nside": sc.min_nside, "map2alm_iter": iter,
               "input_map2alm_iter": INPUT_MAP2ALM_ITER, "n_maps": source.n_maps}
+    if odd:  # recorded only when on, so files made before odd channels existed stay current
+        params.update(odd=True, odd_power=int(odd_power))
     return ScatterPlan(source, sc, params)
 
 
 def scatter(in_path: str | Path, out_path: str | Path, depth: int = 2, J0: int | None = None,
             lam: float = 2.0, lmax: int | None = None, oversample: float = DEFAULT_OVERSAMPLE,
-            iter: int = DEFAULT_ITER, min_nside: int | None = None, shard: Shard | None = None,
+            iter: int = DEFAULT_ITER, min_nside: int | None = None, odd: bool = False,
+            odd_power: int = DEFAULT_ODD_POWER, shard: Shard | None = None,
             progress: bool = True) -> int:
     """Write (or resume, or find complete) the scattering file ``out_path`` of ``in_path``.
 
     lmax : band-limit of the transform; default the source's (sims: its ``lmax``
         attribute; FITS: 3 nside - 1); larger values are refused.
     J0 : default :func:`cmbscat.scattering.default_J0` (5 for lam = 2: nside_out 16).
+    odd, odd_power : add the odd channels C[j1, j2] with envelope power q = odd_power.
     Other parameters: see :class:`cmbscat.scattering.transform.Scattering`.
 
     Returns the number of maps computed by this call (0 if the file was complete).
     """
-    plan = scatter_plan(in_path, depth, J0, lam, lmax, oversample, iter, min_nside)
+    plan = scatter_plan(in_path, depth, J0, lam, lmax, oversample, iter, min_nside, odd, odd_power)
     source, sc, params = plan.source, plan.transform, plan.params
     lmax, J0, digest = params["lmax"], params["J0"], params["source_content_sha256"]
     n = source.n_maps
@@ -118,10 +129,14 @@ def scatter(in_path: str | Path, out_path: str | Path, depth: int = 2, J0: int |
         "source": f"{source.path.name} content-sha256:{digest}", "source_nside": source.nside,
         "n_maps": n, "ordering": "RING", "unit": "uK (unit of the input map)",
         "normalisation": "raw S[p] = U[p] f * Phi, no log or per-channel scaling",
-        "channel_names": [f"S[{','.join(map(str, p))}]" for p in sc.paths],
+        "odd": bool(odd), "odd_power": int(odd_power) if odd else 0,
+        "channel_names": sc.channel_names(),
         "paths_meaning": "scale j of each step; wavelet j covers lam^(j-1) < l < lam^(j+1); -1 = none",
+        "odd_pairs_meaning": ("C[j1,j2] = ((f*Psi_j1) |f*Psi_j2|^odd_power) * Phi, channels after "
+                              "/paths' in /odd_pairs order; j1 = -1: the scaling band f*Phi"),
         "cmbscat_version": __version__,
     }
     writer.finalize(per_item={"labels": source.labels[start:stop], "seeds": source.seeds[start:stop]},
-                    whole={"paths": sc.paths_array()}, attrs=attrs)
+                    whole={"paths": sc.paths_array(),
+                           **({"odd_pairs": sc.odd_pairs_array()} if odd else {})}, attrs=attrs)
     return computed

@@ -31,8 +31,25 @@ Multiresolution (what makes L = 1024 cheap):
   lmax_out = 2 nside_out - 1 at most: exact synthesis, and healpy's iterative map2alm
   recovers the a_lm from the map).
 
+Odd channels (``odd=True``; DESIGN.md "Keeping the sign"). Every S[p] with p != () is
+even in f (the modulus forgets the sign), so the squeezed bispectrum that carries local
+f_NL reaches them only through S[()]. The odd channels keep it:
+
+    C[j1, j2] f = ((f * Psi_j1) . |f * Psi_j2|^q) * Phi,   j1 < j2,
+
+for every wavelet scale j2 and every j1 below it, the scaling band included (j1 = -1
+stands for f * Phi). They are odd, C(-f) = -C(f), and equivariant (pointwise products
+of equivariant maps). Multiresolution: only multipoles l < lam^J0 of the product are
+kept, and a product of a field band-limited at lhi_j1 with one at l' has multipoles
+l >= l' - lhi_j1, so the envelope |f * Psi_j2|^q is needed only up to
+lhi_j1 + lmax_out: it is analysed once on its modulus grid up to lhi_(j2-1) + lmax_out
+(with q = 1 this is the same map2alm as U[j2]'s, a little higher), and each product is
+formed on the grid of the lower band, nside for lhi_j1 + lmax_out, which is coarse for
+all but the top pairs.
+
 Units and conventions: input in uK (or any unit; the transform is positively
-1-homogeneous: S[p](c f) = |c| S[p] f for p != (), c S[()] f), a_lm in healpy's
+1-homogeneous: S[p](c f) = |c| S[p] f for p != (), c S[()] f; odd channels
+C(c f) = c |c|^q C(f), unit uK^(1+q)), a_lm in healpy's
 ordering for a real field, maps in RING ordering. Outputs are the raw S[p] (same unit
 as the input); no log or normalisation is applied -- standardise per channel downstream.
 """
@@ -51,6 +68,8 @@ from cmbscat.scattering.wavelets import axisym_kernels, n_scales, support
 DEFAULT_OVERSAMPLE = 1.0
 DEFAULT_ITER = 0
 DEFAULT_MIN_NSIDE = 256  # floor of the modulus grids (capped at the input's natural nside)
+DEFAULT_ODD_POWER = 1  # q of the odd channels: chosen by measurement (docs/odd_channels.md)
+SCALING_BAND = -1  # j1 of an odd channel whose long-scale factor is f * Phi
 DEFAULT_OUT_BAND = 32  # default J0: the smallest with lam^J0 >= 32 (nside_out 16 for lam = 2)
 
 
@@ -100,6 +119,12 @@ def frequency_decreasing_paths(scales: list[int], depth: int) -> list[tuple[int,
     return paths
 
 
+def odd_pairs(scales: list[int]) -> list[tuple[int, int]]:
+    """Pairs (j1, j2), j1 < j2, of the odd channels: j2 a wavelet scale, j1 the scaling band
+    (:data:`SCALING_BAND` = -1) or a lower wavelet scale. Sorted by j1, then j2."""
+    return sorted((j1, j2) for j2 in scales for j1 in [SCALING_BAND, *scales] if j1 < j2)
+
+
 class Scattering:
     """Spherical scattering network S[p] for band-limit lmax (NumPy face).
 
@@ -119,11 +144,15 @@ class Scattering:
     iter : healpy ``map2alm`` Jacobi iterations used after each modulus (0 = plain
         quadrature). Maps given as input are always analysed with ``input_iter``.
     input_iter : ``map2alm`` iterations for map inputs (default 3).
+    odd : add the odd channels C[j1, j2] (module docstring) after the S[p] channels.
+    odd_power : q of the odd channels' envelope |f * Psi_j2|^q (1 or 2).
 
     Attributes
     ----------
-    paths : list of tuples, one per output channel: () for S[()] f, (j1,), (j1, j2), ...
+    paths : list of tuples, one per even channel: () for S[()] f, (j1,), (j1, j2), ...
         with absolute scale indices j (wavelet j covers lam^(j-1) < l < lam^(j+1)).
+    odd_pairs : list of (j1, j2), one per odd channel (empty unless ``odd``); channel
+        ``len(paths) + k`` is C[odd_pairs[k]].
     nside_out, lmax_out : resolution and band-limit of the coefficients.
     scales : wavelet scales used (J0..J, minus any whose band is empty below lmax).
     grid : dict j -> (nside_j, lhi_j, lmax_down_j): synthesis grid, band top, analysis
@@ -132,13 +161,17 @@ class Scattering:
 
     def __init__(self, lmax: int, nside: int | None = None, depth: int = 2, J0: int | None = None,
                  lam: float = 2.0, oversample: float = DEFAULT_OVERSAMPLE, iter: int = DEFAULT_ITER,
-                 input_iter: int = 3, min_nside: int | None = None):
+                 input_iter: int = 3, min_nside: int | None = None, odd: bool = False,
+                 odd_power: int = DEFAULT_ODD_POWER):
         if depth not in (1, 2, 3):
             raise CmbscatError(f"--depth must be 1, 2 or 3, got {depth}")
         if not oversample >= 1.0:
             raise CmbscatError(f"oversample must be >= 1, got {oversample}")
         if lmax < 1:
             raise CmbscatError(f"lmax must be >= 1, got {lmax}")
+        if odd_power not in (1, 2):
+            raise CmbscatError(f"--odd-power must be 1 or 2, got {odd_power}")
+        self.odd, self.odd_power = bool(odd), int(odd_power)
         self.lmax, self.depth, self.lam = int(lmax), int(depth), float(lam)
         self.J = n_scales(self.lmax, self.lam)
         self.J0 = default_J0(self.lmax, self.lam) if J0 is None else int(J0)
@@ -167,11 +200,38 @@ class Scattering:
             self.grid[j] = (nside_j, lhi, lmax_down)
         self.paths = frequency_decreasing_paths(self.scales, self.depth)
         self._index = {p: c for c, p in enumerate(self.paths)}
+        self.odd_pairs = odd_pairs(self.scales) if self.odd else []
+        # the envelope of band j2 is analysed up to the highest l any product needs,
+        # and each product is formed on the grid of its lower band
+        self.envelope_lmax: dict[int, int] = {}
+        self.product_grid: dict[int, tuple[int, int]] = {}  # j1 -> (nside, envelope lmax needed)
+        for j1, j2 in self.odd_pairs:
+            # the modulus grid of band j2 holds multipoles up to 3 nside_j2 - 1
+            env = min(self._band_top(j1) + self.lmax_out, 3 * self.grid[j2][0] - 1)
+            self.envelope_lmax[j2] = max(self.envelope_lmax.get(j2, 0), env)
+        for j1 in dict.fromkeys(j1 for j1, _ in self.odd_pairs):
+            env = self._band_top(j1) + self.lmax_out
+            # no min_nside floor here: the products' error comes from the envelope's
+            # modulus grid, not from this one (benchmarks/odd_channels.py)
+            self.product_grid[j1] = (nside_for_band(env, self.oversample, power_of_two=False), env)
+
+    def _band_top(self, j: int) -> int:
+        """Highest multipole of band j (the scaling band for j = SCALING_BAND)."""
+        return self.lmax_out if j == SCALING_BAND else self.grid[j][1]
 
     # -- descriptions ------------------------------------------------------
     @property
     def n_channels(self) -> int:
-        return len(self.paths)
+        return len(self.paths) + len(self.odd_pairs)
+
+    def channel_names(self) -> list[str]:
+        """``S[j1,j2,...]`` for the even channels, ``C[j1,j2]`` (``phi`` for the scaling band) for the odd."""
+        names = [f"S[{','.join(map(str, p))}]" for p in self.paths]
+        return names + [f"C[{'phi' if j1 == SCALING_BAND else j1},{j2}]" for j1, j2 in self.odd_pairs]
+
+    def odd_pairs_array(self) -> np.ndarray:
+        """Odd channels' pairs as int64 (K, 2): (j1, j2), j1 = -1 for the scaling band."""
+        return np.asarray(self.odd_pairs, dtype=np.int64).reshape(-1, 2)
 
     @property
     def npix_out(self) -> int:
@@ -186,7 +246,8 @@ class Scattering:
 
     def __repr__(self) -> str:
         return (f"Scattering(lmax={self.lmax}, nside={self.nside}, depth={self.depth}, J0={self.J0}, "
-                f"lam={self.lam:g}, oversample={self.oversample:g}, iter={self.iter}; "
+                f"lam={self.lam:g}, oversample={self.oversample:g}, iter={self.iter}"
+                + (f", odd=True, odd_power={self.odd_power}" if self.odd else "") + "; "
                 f"{self.n_channels} channels at nside_out={self.nside_out})")
 
     # -- input -------------------------------------------------------------
@@ -220,19 +281,57 @@ class Scattering:
         lhi = self.grid[j][1]
         return hp.almxfl(resize_alm(alm, lmax, lhi), self.psi[j])
 
-    def modulus(self, band_alm: np.ndarray, j: int, lmax_analysis: int) -> np.ndarray:
-        """a_lm up to lmax_analysis of |f * Psi_j|, computed on the grid nside_j."""
+    def _analyse(self, m: np.ndarray, lmax: int) -> np.ndarray:
+        return hp.map2alm(m, lmax=lmax, mmax=lmax, iter=self.iter, use_weights=False)
+
+    def modulus(self, band_alm: np.ndarray, j: int, lmax_analysis: int,
+                envelope: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """a_lm up to lmax_analysis of |f * Psi_j|, computed on the grid nside_j.
+
+        With ``envelope``, also returns the a_lm of |f * Psi_j|^q up to
+        ``envelope_lmax[j]`` (the odd channels' envelope; one analysis serves both for q = 1).
+        """
         nside_j, lhi, _ = self.grid[j]
         m = hp.alm2map(band_alm, nside_j, lmax=lhi, mmax=lhi)
         np.abs(m, out=m)
-        return hp.map2alm(m, lmax=lmax_analysis, mmax=lmax_analysis, iter=self.iter,
-                          use_weights=False)
+        if not envelope:
+            return self._analyse(m, lmax_analysis)
+        env_lmax = self.envelope_lmax[j]
+        if self.odd_power == 1:
+            both = self._analyse(m, max(lmax_analysis, env_lmax))
+            top = max(lmax_analysis, env_lmax)
+            return resize_alm(both, top, lmax_analysis), resize_alm(both, top, env_lmax)
+        return self._analyse(m, lmax_analysis), self._analyse(m * m, env_lmax)
+
+    def odd_channels(self, alm: np.ndarray, envelopes: dict[int, np.ndarray]) -> np.ndarray:
+        """a_lm (K, alm_size(lmax_out)) of the odd channels C[j1, j2], in ``odd_pairs`` order.
+
+        ``alm``: f_lm at self.lmax; ``envelopes``: j2 -> a_lm of |f * Psi_j2|^q up to
+        ``envelope_lmax[j2]``.
+        """
+        out = np.empty((len(self.odd_pairs), alm_size(self.lmax_out)), dtype=np.complex128)
+        long_map, current = None, None
+        for k, (j1, j2) in enumerate(self.odd_pairs):
+            nside_p, _ = self.product_grid[j1]
+            top = self._band_top(j1)
+            if j1 != current:  # the long-scale band, once per j1 on its product grid
+                band = (self._lowpass(alm, self.lmax) if j1 == SCALING_BAND
+                        else self.band(alm, self.lmax, j1))
+                long_map = hp.alm2map(band, nside_p, lmax=top, mmax=top)
+                current = j1
+            # the envelope's multipoles above top + lmax_out cannot reach l <= lmax_out
+            env_lmax = min(top + self.lmax_out, self.envelope_lmax[j2])
+            env = resize_alm(envelopes[j2], self.envelope_lmax[j2], env_lmax)
+            product = long_map * hp.alm2map(env, nside_p, lmax=env_lmax, mmax=env_lmax)
+            out[k] = hp.almxfl(self._analyse(product, self.lmax_out), self.phi)
+        return out
 
     def forward_alm(self, x: np.ndarray) -> np.ndarray:
         """Coefficients as a_lm: complex128 (C, alm_size(lmax_out)), channel c = paths[c]."""
         alm = self.to_alm(x)
         out = np.empty((self.n_channels, alm_size(self.lmax_out)), dtype=np.complex128)
         out[self._index[()]] = self._lowpass(alm, self.lmax)
+        envelopes: dict[int, np.ndarray] = {}
 
         def descend(u_alm: np.ndarray, u_lmax: int, path: tuple[int, ...]) -> None:
             for j in self.scales:
@@ -241,12 +340,18 @@ class Scattering:
                 p = path + (j,)
                 last = len(p) == self.depth
                 lmax_a = self.lmax_out if last else self.grid[j][2]
-                v = self.modulus(self.band(u_alm, u_lmax, j), j, lmax_a)
+                band = self.band(u_alm, u_lmax, j)
+                if not path and j in self.envelope_lmax:  # first layer: also the odd envelope
+                    v, envelopes[j] = self.modulus(band, j, lmax_a, envelope=True)
+                else:
+                    v = self.modulus(band, j, lmax_a)
                 out[self._index[p]] = self._lowpass(v, lmax_a)
                 if not last:
                     descend(v, lmax_a, p)
 
         descend(alm, self.lmax, ())
+        if self.odd_pairs:
+            out[len(self.paths):] = self.odd_channels(alm, envelopes)
         return out
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -264,5 +369,5 @@ class Scattering:
                          for a in coeff_alm])
 
     def order(self) -> np.ndarray:
-        """Path length of each channel (0 for S[()])."""
-        return np.array([len(p) for p in self.paths])
+        """Path length of each channel (0 for S[()]; -1 for the odd channels)."""
+        return np.array([len(p) for p in self.paths] + [-1] * len(self.odd_pairs))
