@@ -10,6 +10,7 @@ Measured in this run (nothing hard-coded):
   full resolution (nside 512, lmax 1023), timed interleaved with it (median of
   per-repeat ratios: both see the same machine load);
 * the extra cost when the input is a map (map2alm iter=3 first);
+* the same with the odd channels C[j1, j2] (``--odd-power``: q = 1 and 2; 0 = none);
 * peak memory: peak resident set (VmHWM of /proc/self/status; ru_maxrss where that
   is missing -- on Linux ru_maxrss would include the parent's pre-exec image) of a
   fresh child process that imports cmbscat, draws one sky and scatters it, so it
@@ -23,6 +24,7 @@ Measured in this run (nothing hard-coded):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -71,8 +73,9 @@ def run_child(args, do_scatter: bool) -> float:
     return json.loads(out.strip().splitlines()[-1])["maxrss_mib"]
 
 
-def timing(args, J0: int, alm: np.ndarray, m: np.ndarray) -> dict:
-    sc = Scattering(args.lmax, nside=args.nside, depth=args.depth, J0=J0)
+def timing(args, J0: int, alm: np.ndarray, m: np.ndarray, odd_power: int = 0) -> dict:
+    sc = Scattering(args.lmax, nside=args.nside, depth=args.depth, J0=J0, odd=odd_power > 0,
+                    odd_power=max(odd_power, 1))
     sc(alm)  # warm-up (first call pays for healpy's ring tables)
     t_pair, t_sc, t_map = [], [], []
     for _ in range(args.repeats):
@@ -115,6 +118,8 @@ def main():
     ap.add_argument("--J0", type=int, nargs="+", default=[5, 6])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--stage-maps", type=int, default=2)
+    ap.add_argument("--odd-power", type=int, nargs="+", default=[0, 1, 2],
+                    help="rows without odd channels (0) and with them, envelope power q (1, 2)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
@@ -126,17 +131,16 @@ def main():
     m = hp.alm2map(alm, args.nside, lmax=args.lmax)
     npix = hp.nside2npix(args.nside)
     map_bytes, alm_bytes = npix * 4, hp.Alm.getsize(args.lmax) * 8
-    print("| J0 | nside_out | channels | s/map (from alm) | pair s | pairs/map (median, min-max) "
+    print("| J0 | odd channels (q) | nside_out | channels | s/map (from alm) | pair s | pairs/map (median, min-max) "
           "| s/map from a map (+map2alm iter 3) | pairs/map from a map | coeff bytes/map | "
           "vs float32 map | vs complex64 alm |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    results = {}
-    for J0 in args.J0:
-        r = timing(args, J0, alm, m)
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for J0, q in itertools.product(args.J0, args.odd_power):
+        r = timing(args, J0, alm, m, q)
         sc = r["sc"]
         cbytes = sc.n_channels * sc.npix_out * 4
-        results[J0] = (sc, cbytes)
-        print(f"| {J0} | {sc.nside_out} | {sc.n_channels} | {r['s_per_map']:.2f} | {r['pair']:.2f} | "
+        print(f"| {J0} | {'no' if q == 0 else f'yes ({q})'} | {sc.nside_out} | {sc.n_channels} | "
+              f"{r['s_per_map']:.2f} | {r['pair']:.2f} | "
               f"{r['ratio']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | {r['s_map_input']:.2f} | "
               f"{r['ratio_map_input']:.2f} | {cbytes / 1024:.0f} KiB | {cbytes / map_bytes:.3f}x | "
               f"{cbytes / alm_bytes:.3f}x |", flush=True)

@@ -219,11 +219,17 @@ def stats(source, out, lmax, shard, progress):
                    "harmonic space): the front-end is equivariant, so a rotated sky's "
                    "coefficients are the rotated coefficients. Hybrid only. [default: on for "
                    "the hybrid]")
+@click.option("--max-maps", type=int, default=0,
+              help="Use only the first N maps of DATA (0: all); the validation split is taken "
+                   "from them. For learning curves.")
+@click.option("--channels", type=click.Choice(["all", "even"]), default="all", show_default=True,
+              help="Hybrid: all channels of DATA, or only its S[p] channels (even in the map), "
+                   "leaving out the odd channels of a file scattered with --odd.")
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
 @_progress_option
 def train(data, run_dir, model, epochs, batch_size, lr, weight_decay, val_fraction, seed,
-          baseline_nside, baseline_lmax, patience, augment, device, progress):
+          baseline_nside, baseline_lmax, patience, augment, max_maps, channels, device, progress):
     """Train a classifier on DATA into RUN_DIR (checkpoints, curves, config).
 
     Inputs are standardised with statistics of the training split only, saved with
@@ -236,7 +242,7 @@ def train(data, run_dir, model, epochs, batch_size, lr, weight_decay, val_fracti
     config = TrainConfig(data=str(data), model=model, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, val_fraction=val_fraction, seed=seed,
                          baseline_nside=baseline_nside, baseline_lmax=baseline_lmax,
-                         patience=patience, augment=augment)
+                         patience=patience, augment=augment, max_maps=max_maps, channels=channels)
     summary = run(run_dir, config, device=device, progress=progress)
     click.echo(f"{run_dir}: {model} trained, validation accuracy {summary['val_accuracy']:.3f}",
                err=True)

@@ -104,3 +104,23 @@ def test_augment_is_refused_for_models_whose_inputs_it_does_not_fit(tmp_path, sc
     with pytest.raises(CmbscatError, match="hybrid"):
         TrainConfig(data=str(scattering_file), model="baseline", augment=True).resolved().validate()
     assert TrainConfig(data="x", model="baseline").resolved().augment is False
+
+
+def test_even_channel_ablation_and_map_subset(scattering_file, tmp_path):
+    """--channels even trains on the S[p] channels of an odd file and evaluates the same way;
+    --max-maps uses the first N maps only."""
+    from cmbscat.experiment.evaluate import evaluate
+
+    config = TrainConfig(data=str(scattering_file), model="hybrid", epochs=1, batch_size=8,
+                         augment=False, channels="even", max_maps=20)
+    summary = train(tmp_path / "even", config, device="cpu", progress=False)
+    assert summary["n_train"] + summary["n_val"] == 20
+    import torch
+
+    saved = torch.load(tmp_path / "even" / "model.pt", weights_only=False)
+    assert saved["in_channels"] == len(saved["meta"]["paths"]) and saved["meta"]["odd_pairs"] == []
+    metrics = evaluate(tmp_path / "even", scattering_file, progress=False)
+    assert metrics["n"] == 40
+    with pytest.raises(CmbscatError, match="max-maps 41"):
+        train(tmp_path / "big", TrainConfig(data=str(scattering_file), model="hybrid", max_maps=41),
+              device="cpu", progress=False)

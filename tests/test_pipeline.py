@@ -215,3 +215,33 @@ def test_fnl_rule_picks_the_smallest_value_reaching_the_accuracy():
     assert choose_fnl(results, "onepoint", 0.75) == 20
     assert choose_fnl(results, "onepoint", 0.95) is None
     assert choose_fnl(results, "hybrid", 0.5) == 20
+
+
+def test_parallel_trainings_run_side_by_side_and_a_failure_stops_them(tmp_path):
+    """Runner.settle_parallel: stages in one-thread processes, up to `workers` at once; one
+    that fails is reported in one line with its own error, and the others are stopped."""
+    import time
+
+    from cmbscat.errors import CmbscatError
+    from cmbscat.experiment.pipeline import Runner, Stage
+
+    done = []
+
+    def stage(name, command):
+        marker = tmp_path / f"{name}.done"
+        return Stage(name, marker, lambda: {"x": 1},
+                     lambda: ({"x": 1}, False) if marker.exists() else None,
+                     lambda: done.append(name), lambda: None, command=command)
+
+    runner = Runner(tmp_path)
+    ok = stage("ok", ["simulate", str(tmp_path / "a.h5"), "--n-maps", "2", "--nside", "4",
+                      "--lmax", "7"])
+    bad = stage("bad", ["simulate", str(tmp_path / "b.h5"), "--n-maps", "-1"])
+    slow = stage("slow", ["simulate", str(tmp_path / "c.h5"), "--n-maps", "4000", "--nside", "64"])
+    t0 = time.time()
+    with pytest.raises(CmbscatError, match=r"\[bad\] failed: .*--n-maps"):
+        runner.settle_parallel([slow, bad, ok], workers=2)
+    assert time.time() - t0 < 60 and not (tmp_path / "c.h5").exists()  # slow was stopped
+    assert done == []  # nothing ran in-process
+    runner.settle_parallel([ok], workers=2)  # one stage: in-process
+    assert done == ["ok"] and json.loads((tmp_path / "timings.json").read_text()).keys() >= {"ok"}

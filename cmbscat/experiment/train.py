@@ -67,6 +67,11 @@ class TrainConfig:
     #: exact random rotations of the training inputs (:mod:`cmbscat.experiment.augment`);
     #: None: the model's default (:data:`AUGMENT_DEFAULT`)
     augment: bool | None = None
+    #: train on the first ``max_maps`` maps of the file only (0: all), e.g. for learning curves
+    max_maps: int = 0
+    #: "all" the file's channels, or "even": the hybrid on the S[p] channels only of a
+    #: scattering file with odd channels (an ablation without recomputing the transform)
+    channels: str = "all"
 
     def resolved(self) -> "TrainConfig":
         """This configuration with model-dependent defaults filled in."""
@@ -93,6 +98,12 @@ class TrainConfig:
             raise CmbscatError(f"--patience must be >= 0 (0: never stop early), got {self.patience}")
         if not 0 < self.val_fraction < 1:
             raise CmbscatError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        if self.max_maps < 0:
+            raise CmbscatError(f"--max-maps must be >= 0 (0: all), got {self.max_maps}")
+        if self.channels not in ("all", "even"):
+            raise CmbscatError(f"--channels must be all or even, got {self.channels!r}")
+        if self.channels != "all" and self.model != "hybrid":
+            raise CmbscatError(f"--channels {self.channels} applies to the hybrid only")
         if self.augment and self.model != "hybrid":
             raise CmbscatError(f"--augment applies to the hybrid's scattering coefficients only, "
                                f"not to --model {self.model}")
@@ -113,17 +124,24 @@ def split_indices(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[n
     return train, val
 
 
-def model_inputs(kind: str, path: str, meta: dict | None = None,
-                 progress: bool = True) -> tuple[np.ndarray, dict]:
+def model_inputs(kind: str, path: str, meta: dict | None = None, progress: bool = True,
+                 channels: str = "all") -> tuple[np.ndarray, dict]:
     """Inputs of model ``kind`` from the file ``path`` and their geometry.
 
     Returns (x, meta): x is (N, C, npix) float32 for the networks or (N, F) for the
-    classical models. ``meta`` (from training) fixes the geometry when evaluating.
+    classical models. ``meta`` (from training) fixes the geometry when evaluating,
+    the hybrid's channel selection included; ``channels="even"`` keeps only a
+    scattering file's S[p] channels (not its odd channels).
     """
     from cmbscat.experiment import datasets
 
     if kind == "hybrid":
         x, found = datasets.scattering_inputs(path)
+        channels = (meta or {}).get("channel_selection", channels)
+        if channels == "even":
+            n_even = len(found["paths"])
+            x = x[:, :n_even]
+            found = {**found, "channels": n_even, "odd_pairs": [], "channel_selection": "even"}
         if meta is not None:
             for key in ("nside", "channels", "paths", "odd_pairs"):
                 if meta.get(key, []) != found.get(key, []):  # models from before odd_pairs: []
@@ -267,8 +285,14 @@ def _load_inputs(config: TrainConfig, progress: bool) -> tuple[np.ndarray, dict,
 
     meta = ({"nside": config.baseline_nside, "lmax": config.baseline_lmax}
             if config.model == "baseline" else None)
-    x, meta = model_inputs(config.model, config.data, meta, progress)
-    return x, meta, read_labels(config.data)
+    x, meta = model_inputs(config.model, config.data, meta, progress, channels=config.channels)
+    labels = read_labels(config.data)
+    if config.max_maps:
+        if config.max_maps > len(labels):
+            raise CmbscatError(f"--max-maps {config.max_maps} is above the {len(labels)} maps "
+                               f"of {config.data}")
+        x, labels = x[:config.max_maps], labels[:config.max_maps]
+    return x, meta, labels
 
 
 def classical_classifier():
