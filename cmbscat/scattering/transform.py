@@ -68,7 +68,7 @@ from cmbscat.scattering.wavelets import axisym_kernels, n_scales, support
 DEFAULT_OVERSAMPLE = 1.0
 DEFAULT_ITER = 0
 DEFAULT_MIN_NSIDE = 256  # floor of the modulus grids (capped at the input's natural nside)
-DEFAULT_ODD_POWER = 1  # q of the odd channels: chosen by measurement (docs/odd_channels.md)
+DEFAULT_ODD_POWER = 2  # q of the odd channels: chosen by measurement (docs/odd_channels.md)
 SCALING_BAND = -1  # j1 of an odd channel whose long-scale factor is f * Phi
 DEFAULT_OUT_BAND = 32  # default J0: the smallest with lam^J0 >= 32 (nside_out 16 for lam = 2)
 
