@@ -23,9 +23,12 @@ def cmb_alm():
 
 def test_pairs_cover_every_lower_band():
     assert odd_pairs([3, 4, 5]) == [(-1, 3), (-1, 4), (-1, 5), (3, 4), (3, 5), (4, 5)]
+    assert odd_pairs([3, 4, 5], {3: 15, 4: 31, 5: 31}) == [(-1, 3), (-1, 4), (-1, 5), (3, 4), (3, 5)]
     sc = Scattering(LMAX, depth=2, J0=4, odd=True)
     n_scales = len(sc.scales)
-    assert len(sc.odd_pairs) == n_scales * (n_scales + 1) // 2
+    # at the band limit the two top wavelets end at the same l (127): that pair is left out
+    assert sc.grid[6][1] == sc.grid[7][1] == LMAX and (6, 7) not in sc.odd_pairs
+    assert len(sc.odd_pairs) == n_scales * (n_scales + 1) // 2 - 1 and (5, 7) in sc.odd_pairs
     assert sc.n_channels == len(sc.paths) + len(sc.odd_pairs)
     assert sc.channel_names()[len(sc.paths)] == f"C[phi,{sc.scales[0]}]"
     assert list(sc.order()).count(-1) == len(sc.odd_pairs)

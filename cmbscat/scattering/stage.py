@@ -93,7 +93,8 @@ def scatter_plan(in_path: str | Path, depth: int = 2, J0: int | None = None, lam
               "oversample": float(oversample), "min_nside": sc.min_nside, "map2alm_iter": iter,
               "input_map2alm_iter": INPUT_MAP2ALM_ITER, "n_maps": source.n_maps}
     if odd:  # recorded only when on, so files made before odd channels existed stay current
-        params.update(odd=True, odd_power=int(odd_power))
+        params.update(odd=True, odd_power=int(odd_power),
+                      odd_pairs=[[int(j1), int(j2)] for j1, j2 in sc.odd_pairs])
     return ScatterPlan(source, sc, params)
 
 

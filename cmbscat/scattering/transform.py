@@ -38,7 +38,8 @@ f_NL reaches them only through S[()]. The odd channels keep it:
     C[j1, j2] f = ((f * Psi_j1) . |f * Psi_j2|^q) * Phi,   j1 < j2,
 
 for every wavelet scale j2 and every j1 below it, the scaling band included (j1 = -1
-stands for f * Phi). They are odd, C(-f) = -C(f), and equivariant (pointwise products
+stands for f * Phi), except pairs whose two bands end at the same multipole (the two
+top wavelets at the band limit: no long mode, see :func:`odd_pairs`). They are odd, C(-f) = -C(f), and equivariant (pointwise products
 of equivariant maps). Multiresolution: only multipoles l < lam^J0 of the product are
 kept, and a product of a field band-limited at lhi_j1 with one at l' has multipoles
 l >= l' - lhi_j1, so the envelope |f * Psi_j2|^q is needed only up to
@@ -119,10 +120,19 @@ def frequency_decreasing_paths(scales: list[int], depth: int) -> list[tuple[int,
     return paths
 
 
-def odd_pairs(scales: list[int]) -> list[tuple[int, int]]:
+def odd_pairs(scales: list[int], band_top: dict[int, int] | None = None) -> list[tuple[int, int]]:
     """Pairs (j1, j2), j1 < j2, of the odd channels: j2 a wavelet scale, j1 the scaling band
-    (:data:`SCALING_BAND` = -1) or a lower wavelet scale. Sorted by j1, then j2."""
-    return sorted((j1, j2) for j2 in scales for j1 in [SCALING_BAND, *scales] if j1 < j2)
+    (:data:`SCALING_BAND` = -1) or a lower wavelet scale. Sorted by j1, then j2.
+
+    ``band_top`` (j -> last multipole of band j) drops the pairs whose bands end at the
+    same multipole (at the band limit, the two highest wavelets do): they are not
+    squeezed (no long mode), cost a product at full resolution, and their mean carries
+    the least signal of the high pairs (docs/odd_channels.md).
+    """
+    pairs = sorted((j1, j2) for j2 in scales for j1 in [SCALING_BAND, *scales] if j1 < j2)
+    if band_top is not None:
+        pairs = [(j1, j2) for j1, j2 in pairs if j1 == SCALING_BAND or band_top[j1] < band_top[j2]]
+    return pairs
 
 
 class Scattering:
@@ -200,7 +210,8 @@ class Scattering:
             self.grid[j] = (nside_j, lhi, lmax_down)
         self.paths = frequency_decreasing_paths(self.scales, self.depth)
         self._index = {p: c for c, p in enumerate(self.paths)}
-        self.odd_pairs = odd_pairs(self.scales) if self.odd else []
+        self.odd_pairs = (odd_pairs(self.scales, {j: g[1] for j, g in self.grid.items()})
+                          if self.odd else [])
         # the envelope of band j2 is analysed up to the highest l any product needs,
         # and each product is formed on the grid of its lower band
         self.envelope_lmax: dict[int, int] = {}
