@@ -312,7 +312,7 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
     import torch
     import torch.nn.functional as F
 
-    from cmbscat.nn.models import build_model
+    from cmbscat.nn.models import RECOMPUTE_BN_STATS, build_model, recompute_batch_norm
 
     x, meta, labels = inputs
     train_idx, val_idx = split_indices(labels, config.val_fraction, config.seed)
@@ -366,6 +366,10 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
         t0 = time.time()
         generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
         train_loss, train_acc = run_epoch(train_idx, True, generator)
+        if RECOMPUTE_BN_STATS[config.model]:  # the statistics validation and model.pt use
+            recompute_batch_norm(model, (x_t[train_idx[lo:lo + config.batch_size]].to(device)
+                                         for lo in range(0, len(train_idx), config.batch_size)
+                                         if len(train_idx[lo:lo + config.batch_size]) >= 2))
         val_loss, val_acc = run_epoch(val_idx, False)
         scheduler.step()
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
