@@ -219,6 +219,11 @@ def stats(source, out, lmax, shard, progress):
                    "harmonic space): the front-end is equivariant, so a rotated sky's "
                    "coefficients are the rotated coefficients. Hybrid only. [default: on for "
                    "the hybrid]")
+@click.option("--precise-bn/--no-precise-bn", default=None,
+              help="Before each validation, recompute the batch-norm statistics over the training "
+                   "split with the epoch's weights instead of using running averages (which "
+                   "shifted every validation logit of the low-resolution CNN one way). Networks "
+                   "only. [default: on for the baseline]")
 @click.option("--max-maps", type=int, default=0,
               help="Use only the first N maps of DATA (0: all); the validation split is taken "
                    "from them. For learning curves.")
@@ -229,7 +234,8 @@ def stats(source, out, lmax, shard, progress):
               help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
 @_progress_option
 def train(data, run_dir, model, epochs, batch_size, lr, weight_decay, val_fraction, seed,
-          baseline_nside, baseline_lmax, patience, augment, max_maps, channels, device, progress):
+          baseline_nside, baseline_lmax, patience, augment, precise_bn, max_maps, channels, device,
+          progress):
     """Train a classifier on DATA into RUN_DIR (checkpoints, curves, config).
 
     Inputs are standardised with statistics of the training split only, saved with
@@ -242,7 +248,8 @@ def train(data, run_dir, model, epochs, batch_size, lr, weight_decay, val_fracti
     config = TrainConfig(data=str(data), model=model, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, val_fraction=val_fraction, seed=seed,
                          baseline_nside=baseline_nside, baseline_lmax=baseline_lmax,
-                         patience=patience, augment=augment, max_maps=max_maps, channels=channels)
+                         patience=patience, augment=augment, precise_bn=precise_bn, max_maps=max_maps,
+                         channels=channels)
     summary = run(run_dir, config, device=device, progress=progress)
     click.echo(f"{run_dir}: {model} trained, validation accuracy {summary['val_accuracy']:.3f}",
                err=True)

@@ -153,3 +153,77 @@ def test_run_trained_on_other_data_is_refused(sims, tmp_path):
     shutil.copy(sims["test"], data)
     assert_one_line_error(run_cli("train", data, tmp_path / "r", "--model", "powspec"),
                           "trained on other data", "data_sha256")
+
+
+def test_baseline_checkpoint_holds_the_batch_norm_statistics_of_its_weights(sims, tmp_path):
+    """The baseline is validated (and saved) with batch-norm statistics recomputed on the training
+    split with the epoch's final weights, not the running averages of the last batches: those
+    shifted every validation logit one way in the paper run (all maps one class in 11 of 20
+    epochs). Checked exactly on the first layer, whose input does not depend on other statistics."""
+    import torch
+
+    from cmbscat.experiment.datasets import read_labels
+    from cmbscat.experiment.train import model_inputs
+    from cmbscat.nn.models import build_model
+
+    # on by default for the baseline only (the hybrid is unchanged), and recorded
+    assert TrainConfig(data="x", model="hybrid").resolved().precise_bn is False
+    config = TrainConfig(data=str(sims["train"]), model="baseline", epochs=2, batch_size=8,
+                         baseline_nside=8, baseline_lmax=15)
+    assert config.resolved().precise_bn is True
+    train(tmp_path / "r", config, device="cpu", progress=False)
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["precise_bn"] is True
+    saved = torch.load(tmp_path / "r" / "model.pt", weights_only=False)
+    x, _ = model_inputs("baseline", str(sims["train"]), saved["meta"], progress=False)
+    train_idx, _ = split_indices(read_labels(sims["train"]), 0.2, 0)
+    assert train_idx.size % 8 == 0  # equal batches: the average of batch means is the mean
+    x = torch.from_numpy((x[train_idx] - saved["mean"]) / saved["std"])
+    model = build_model("baseline", 1, saved["nside"])
+    model.load_state_dict(saved["model"])
+    with torch.no_grad():
+        h = model.features[0].conv(x)  # (maps, channels, pixels): the first batch norm's input
+    batch_vars = torch.stack([h[i:i + 8].transpose(0, 1).reshape(h.shape[1], -1).var(dim=1)
+                              for i in range(0, len(h), 8)]).mean(dim=0)
+    norm = model.features[0].norm
+    assert torch.allclose(norm.running_mean, h.mean(dim=(0, 2)), rtol=1e-4, atol=1e-6)
+    assert torch.allclose(norm.running_var, batch_vars, rtol=1e-4, atol=1e-6)
+
+
+def test_recomputing_batch_norm_leaves_training_state_alone():
+    """Dropout is off during the pass (no random numbers drawn, so the training run continues as
+    without it), the layers' momentum is restored and the model is left in eval mode."""
+    import torch
+
+    from cmbscat.nn.models import SphericalClassifier, recompute_batch_norm
+
+    torch.manual_seed(0)
+    model = SphericalClassifier(1, 4, widths=(4, 4), nside_min=2, dropout=0.5)
+    batches = [torch.randn(4, 1, 192) for _ in range(3)]
+    rng = torch.get_rng_state()
+    recompute_batch_norm(model, batches)
+    assert torch.equal(rng, torch.get_rng_state())
+    assert not model.training
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert all(m.momentum == 0.1 and not m.training and m.num_batches_tracked == 3 for m in norms)
+    first = torch.cat(batches)
+    with torch.no_grad():
+        expected = model.features[0].conv(first).mean(dim=(0, 2))
+    assert torch.allclose(norms[0].running_mean, expected, atol=1e-6)
+
+
+def test_baseline_run_from_before_precise_bn_is_not_taken_for_current(sims, tmp_path):
+    """A run folder recorded before --precise-bn existed used running averages: today's
+    baseline default must refuse it rather than reuse it."""
+    from cmbscat.errors import CmbscatError
+
+    config = TrainConfig(data=str(sims["train"]), model="baseline", epochs=1, batch_size=8,
+                         baseline_nside=8, baseline_lmax=15, precise_bn=False)
+    train(tmp_path / "r", config, device="cpu", progress=False)
+    record = json.loads((tmp_path / "r" / "config.json").read_text())
+    del record["precise_bn"], record["augment"]
+    (tmp_path / "r" / "config.json").write_text(json.dumps(record))
+    train(tmp_path / "r", config, device="cpu", progress=False)  # the same run: found
+    with pytest.raises(CmbscatError, match="precise_bn"):
+        train(tmp_path / "r", TrainConfig(data=str(sims["train"]), model="baseline", epochs=1,
+                                          batch_size=8, baseline_nside=8, baseline_lmax=15),
+              device="cpu", progress=False)

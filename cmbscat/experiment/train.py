@@ -44,6 +44,13 @@ MODELS = NN_MODELS + CLASSICAL_MODELS
 #: Random-rotation augmentation by default: on for the hybrid (its inputs are band-limited
 #: coefficient maps at low nside, rotated exactly and cheaply in harmonic space).
 AUGMENT_DEFAULT = {"hybrid": True}
+#: Batch-norm statistics recomputed on the training split with each epoch's weights before
+#: validation ("precise BN", :func:`cmbscat.nn.models.recompute_batch_norm`), by default for
+#: the baseline: its pooled features barely differ from map to map (logits spread ~0.1),
+#: so the running averages (momentum 0.1: the last ~10 batches, with weights that moved
+#: since) shifted every validation logit the same way, by more than that spread, and all
+#: maps were predicted one class in 11 of 20 epochs. The hybrid keeps the running averages.
+PRECISE_BN_DEFAULT = {"baseline": True}
 #: The stage files each model can read (DESIGN.md layouts; :func:`cmbscat.store.file_kind`).
 MODEL_INPUTS = {"hybrid": ("scattering",), "baseline": ("sims",),
                 **{m: ("stats", "sims") for m in CLASSICAL_MODELS}}
@@ -67,6 +74,9 @@ class TrainConfig:
     #: exact random rotations of the training inputs (:mod:`cmbscat.experiment.augment`);
     #: None: the model's default (:data:`AUGMENT_DEFAULT`)
     augment: bool | None = None
+    #: recompute batch-norm statistics on the training split before each validation;
+    #: None: the model's default (:data:`PRECISE_BN_DEFAULT`)
+    precise_bn: bool | None = None
     #: train on the first ``max_maps`` maps of the file only (0: all), e.g. for learning curves
     max_maps: int = 0
     #: "all" the file's channels, or "even": the hybrid on the S[p] channels only of a
@@ -75,9 +85,12 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """This configuration with model-dependent defaults filled in."""
+        filled = {}
         if self.augment is None:
-            return replace(self, augment=AUGMENT_DEFAULT.get(self.model, False))
-        return self
+            filled["augment"] = AUGMENT_DEFAULT.get(self.model, False)
+        if self.precise_bn is None:
+            filled["precise_bn"] = PRECISE_BN_DEFAULT.get(self.model, False)
+        return replace(self, **filled) if filled else self
 
     def validate(self) -> None:
         for name in ("lr", "weight_decay", "val_fraction"):
@@ -104,6 +117,8 @@ class TrainConfig:
             raise CmbscatError(f"--channels must be all or even, got {self.channels!r}")
         if self.channels != "all" and self.model != "hybrid":
             raise CmbscatError(f"--channels {self.channels} applies to the hybrid only")
+        if self.precise_bn and self.model not in NN_MODELS:
+            raise CmbscatError(f"--precise-bn applies to the networks only, not to --model {self.model}")
         if self.augment and self.model != "hybrid":
             raise CmbscatError(f"--augment applies to the hybrid's scattering coefficients only, "
                                f"not to --model {self.model}")
@@ -215,8 +230,9 @@ def read_run_record(run_dir: str | Path) -> dict | None:
 
 def record_defaults(config: TrainConfig) -> dict:
     """Values that settings added since a run was made take when its record lacks them:
-    the behaviour before the setting existed (no augmentation), not today's default."""
-    return asdict(TrainConfig(data=config.data, augment=False))
+    the behaviour before the setting existed (no augmentation, running batch-norm
+    averages), not today's default."""
+    return asdict(TrainConfig(data=config.data, augment=False, precise_bn=False))
 
 
 def _existing_run(run_dir: Path, config: TrainConfig, record: dict) -> bool:
@@ -353,7 +369,7 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
     import torch
     import torch.nn.functional as F
 
-    from cmbscat.nn.models import build_model
+    from cmbscat.nn.models import build_model, recompute_batch_norm
 
     x, meta, labels = inputs
     train_idx, val_idx = split_indices(labels, config.val_fraction, config.seed)
@@ -420,6 +436,10 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
         # the rotations of epoch e depend on (seed, e) only: a resumed run draws the same
         rotations = np.random.default_rng([config.seed, epoch, 7]) if augmenter else None
         train_loss, train_acc = run_epoch(train_idx, True, generator, rotations)
+        if config.precise_bn:  # the batch-norm statistics that validation and model.pt use
+            recompute_batch_norm(model, (x_t[train_idx[lo:lo + config.batch_size]].to(device)
+                                         for lo in range(0, len(train_idx), config.batch_size)
+                                         if len(train_idx[lo:lo + config.batch_size]) >= 2))
         val_loss, val_acc = run_epoch(val_idx, False)
         scheduler.step()
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,

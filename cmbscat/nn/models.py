@@ -81,3 +81,27 @@ def build_model(kind: str, in_channels: int, nside: int) -> SphericalClassifier:
     if kind == "baseline":
         return SphericalClassifier(in_channels, nside, widths=(16, 32, 32, 64, 64), nside_min=4)
     raise ValueError(f"unknown model {kind!r}")
+
+
+def recompute_batch_norm(model: nn.Module, batches) -> None:
+    """Replace the running statistics of every BatchNorm layer of ``model`` by their
+    exact average over ``batches`` (an iterable of input tensors, the training batches),
+    computed with the current weights ("precise BN"). Dropout is off during the pass;
+    no gradients; the model is left in eval mode with the layers' momentum restored."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches seen
+        m.train()
+    try:
+        with torch.no_grad():
+            for xb in batches:
+                model(xb)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.eval()
