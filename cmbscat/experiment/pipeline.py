@@ -651,7 +651,8 @@ def _input_description(cfg: dict, model: str) -> str:
     sim, scat = cfg["simulate"], cfg.get("scatter", {})
     settings = cfg["models"][model]
     if model == "hybrid":
-        return f"scattering depth {scat.get('depth', 2)}, J0 {scat.get('J0')}, from lmax {sim['lmax']}"
+        odd = f" + odd channels (q {scat.get('odd_power', 2)})" if scat.get("odd") else ""
+        return f"scattering depth {scat.get('depth', 2)}, J0 {scat.get('J0')}{odd}, from lmax {sim['lmax']}"
     if model == "baseline":
         return f"map at lmax {settings.get('baseline_lmax', 127)}, nside {settings.get('baseline_nside', 64)}"
     return f"map at lmax {sim['lmax']}, nside {sim['nside']}"
