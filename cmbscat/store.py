@@ -22,6 +22,9 @@ guarantees:
   names, dtypes, shapes and bytes (:func:`content_digest`; attributes excluded), so
   a downstream stage can record exactly which input it was computed from, and a
   sharded run gives the same hash as an unsharded one.
+* One writer at a time: a stage holds ``<OUT>.lock`` (:class:`cmbscat.lock.OutputLock`)
+  while it writes OUT, so a second run on the same output is refused at start in one
+  line naming the holder; the lock of a killed run is taken over by the next run.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import h5py
 import numpy as np
 
 from cmbscat.errors import CmbscatError
+from cmbscat.lock import OutputLock
 
 PARAMS_ATTR = "cmbscat_params"  # JSON of the parameters that define the file's content
 CONTENT_ATTR = "content_sha256"  # hash of the datasets' content (content_digest)
@@ -198,13 +202,14 @@ class ItemWriter:
     defaults : values of parameters added to the stage after some files were
         written: such a file, lacking the key, matches when ``params`` has the default.
 
-    Usage::
+    Usage (the lock first: it keeps a second run off ``path`` and its partial folder)::
 
-        writer = ItemWriter(path, params, 0, n)
-        if not writer.complete:
-            for i in writer.pending():
-                writer.put(i, {"maps": ..., "alm": ...})
-            writer.finalize(per_item={"labels": labels, "seeds": seeds}, attrs={...})
+        with OutputLock(path):
+            writer = ItemWriter(path, params, 0, n)
+            if not writer.complete:
+                for i in writer.pending():
+                    writer.put(i, {"maps": ..., "alm": ...})
+                writer.finalize(per_item={"labels": labels, "seeds": seeds}, attrs={...})
     """
 
     def __init__(self, path: str | os.PathLike, params: Mapping, start: int, stop: int,
@@ -337,11 +342,17 @@ class ItemWriter:
 
 
 def remove_output(path: str | os.PathLike) -> None:
-    """Delete an item-writer output ``path``, its ``.partial`` folder and temporary file."""
+    """Delete an item-writer output ``path``, its ``.partial`` folder and temporary file.
+
+    Holds the output's lock meanwhile: refused (one line) while another run writes it.
+    """
     path = Path(path)
-    for leftover in (path, path.with_name(path.name + ".tmp")):
-        leftover.unlink(missing_ok=True)
-    shutil.rmtree(path.with_name(path.name + ".partial"), ignore_errors=True)
+    if not path.parent.is_dir():
+        return  # nothing there
+    with OutputLock(path):
+        for leftover in (path, path.with_name(path.name + ".tmp")):
+            leftover.unlink(missing_ok=True)
+        shutil.rmtree(path.with_name(path.name + ".partial"), ignore_errors=True)
 
 
 #: What identifies each kind of stage file (DESIGN.md "HDF5 layout"): datasets, not attributes.
@@ -446,29 +457,30 @@ def combine_shards(out_path: str | os.PathLike, shard_paths: Iterable[str | os.P
     if "n_maps" in common and common["n_maps"] != n_items:
         raise CmbscatError(f"shards cover {n_items} of {common['n_maps']} items; some are missing")
 
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    with h5py.File(shards[0][2], "r") as first, h5py.File(tmp, "w", libver="latest") as out:
-        per_item = shards[0][4]
-        for name, dset in first.items():
-            if not isinstance(dset, h5py.Dataset):
-                continue
-            if name in per_item:
-                layout = h5py.VirtualLayout(shape=(n_items,) + dset.shape[1:], dtype=dset.dtype)
-                for start, stop, p, *_ in shards:
-                    rel = os.path.relpath(p.resolve(), out_path.resolve().parent)
-                    layout[start:stop] = h5py.VirtualSource(rel, name, shape=(stop - start,) + dset.shape[1:])
-                out.create_virtual_dataset(name, layout)
-            else:
-                out.create_dataset(name, data=dset[()])
-        for key, value in first.attrs.items():
-            out.attrs[key] = value
-        out.attrs["item_start"] = 0
-        out.attrs["item_stop"] = n_items
-        out.attrs[PARAMS_ATTR] = canonical_params({**common, shard_key: None})
-        out.attrs["shards"] = [str(s[2].name) for s in shards]
-        out.attrs[PER_ITEM_ATTR] = sorted(per_item)
-    # with the shard files closed: the digest reads through the virtual datasets
-    with h5py.File(tmp, "r+") as out:
-        out.attrs[CONTENT_ATTR] = content_digest(out)
-    os.replace(tmp, out_path)
+    with OutputLock(out_path):  # one combiner at a time
+        tmp = out_path.with_name(out_path.name + ".tmp")
+        with h5py.File(shards[0][2], "r") as first, h5py.File(tmp, "w", libver="latest") as out:
+            per_item = shards[0][4]
+            for name, dset in first.items():
+                if not isinstance(dset, h5py.Dataset):
+                    continue
+                if name in per_item:
+                    layout = h5py.VirtualLayout(shape=(n_items,) + dset.shape[1:], dtype=dset.dtype)
+                    for start, stop, p, *_ in shards:
+                        rel = os.path.relpath(p.resolve(), out_path.resolve().parent)
+                        layout[start:stop] = h5py.VirtualSource(rel, name, shape=(stop - start,) + dset.shape[1:])
+                    out.create_virtual_dataset(name, layout)
+                else:
+                    out.create_dataset(name, data=dset[()])
+            for key, value in first.attrs.items():
+                out.attrs[key] = value
+            out.attrs["item_start"] = 0
+            out.attrs["item_stop"] = n_items
+            out.attrs[PARAMS_ATTR] = canonical_params({**common, shard_key: None})
+            out.attrs["shards"] = [str(s[2].name) for s in shards]
+            out.attrs[PER_ITEM_ATTR] = sorted(per_item)
+        # with the shard files closed: the digest reads through the virtual datasets
+        with h5py.File(tmp, "r+") as out:
+            out.attrs[CONTENT_ATTR] = content_digest(out)
+        os.replace(tmp, out_path)
     return n_items

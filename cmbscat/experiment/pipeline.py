@@ -42,6 +42,7 @@ import click
 import numpy as np
 
 from cmbscat.errors import CmbscatError
+from cmbscat.lock import OutputLock
 from cmbscat.store import atomic_write_text, describe_difference, differing_keys
 
 # Published figures the table is compared with (McEwen et al. 2022, CMB experiment at L = 1024).
@@ -248,6 +249,13 @@ def _discard_item_output(path: Path, shard_paths: list[Path]) -> None:
         remove_output(p)
 
 
+def _discard_run_dir(run_dir: Path) -> None:
+    """Delete a run folder, holding its lock meanwhile (refused while a run trains in it)."""
+    if run_dir.exists():
+        with OutputLock(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def _cli_flags(options: dict) -> list[str]:
     """``{"n_maps": 4, "J0": 5, "odd": True}`` -> ``["--n-maps", "4", "--J0", "5", "--odd"]``
     (None values dropped; booleans become ``--name`` / ``--no-name`` switches)."""
@@ -275,12 +283,19 @@ def run_sharded(stage: str, args: list[str], out_path: Path, n_items: int, worke
     Each shard process uses one OpenMP thread (healpy's transforms scale better across
     processes than across threads on few cores) and is itself resumable; the shards are
     joined into ``out_path`` with HDF5 virtual datasets (:func:`cmbscat.store.combine_shards`).
+    Holds ``out_path``'s lock throughout (:class:`cmbscat.lock.OutputLock`).
     """
+    shard_paths = shard_paths_for(out_path, workers)
+    with OutputLock(out_path):  # each shard process locks its own shard file
+        _run_shards(stage, args, out_path, shard_paths, n_items, workers, progress)
+
+
+def _run_shards(stage, args, out_path, shard_paths, n_items, workers, progress):
+    """The body of :func:`run_sharded`, called with the lock of ``out_path`` held."""
     from tqdm import tqdm
 
     from cmbscat.store import combine_shards
 
-    shard_paths = shard_paths_for(out_path, workers)
     shard_paths[0].parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # click accepts the output path after the options: "cmbscat scatter IN --depth 2 OUT"
@@ -456,7 +471,7 @@ class Experiment:
                    *_cli_flags(settings)]
         return Stage(f"train {model} seed {seed}", run_dir, lambda: run_record(config), found,
                      lambda: train(run_dir, config, self.device, self.progress),
-                     lambda: shutil.rmtree(run_dir, ignore_errors=True), record_defaults(config),
+                     lambda: _discard_run_dir(run_dir), record_defaults(config),
                      command=command)
 
     def eval_dir(self, model: str, seed: int, split: str) -> Path:

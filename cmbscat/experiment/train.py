@@ -13,6 +13,8 @@ Run folder contents:
 * ``history.csv``, ``curves.png``   learning curves;
 * ``model.pkl``         instead of the ``.pt`` files, for the classical baselines.
 
+While a run trains, ``RUN_DIR.lock`` sits beside (not in) the folder: one writer at a time.
+
 Model kinds: ``hybrid`` (scattering file), ``baseline`` (sims file, map cut to a low
 band limit), and the classical ones, a logistic regression on one statistic
 (:mod:`cmbscat.stats.summary`) read from a statistics file (``cmbscat stats``) or
@@ -36,6 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cmbscat.errors import CmbscatError
+from cmbscat.lock import OutputLock
 from cmbscat.store import atomic_write_text, content_hash, describe_difference, differing_keys
 
 NN_MODELS = ("hybrid", "baseline")
@@ -265,7 +268,11 @@ def train(run_dir: str | Path, config: TrainConfig, device: str = "auto",
     """Train (or resume, or find finished) the run in ``run_dir``; return its summary.
 
     Every check, reading the inputs included (non-finite values are refused), comes
-    before anything is written, so a refused run leaves no folder behind.
+    before anything is written, so a refused run leaves no folder behind. A finished run
+    is read without a lock; otherwise the run holds ``RUN_DIR.lock``, beside the folder
+    and so never part of its record, while it trains: a second ``train`` on the same
+    folder is refused at start, and the lock of a killed run is taken over
+    (:class:`cmbscat.lock.OutputLock`).
     """
     config = config.resolved()
     config.validate()
@@ -283,16 +290,20 @@ def train(run_dir: str | Path, config: TrainConfig, device: str = "auto",
     t0 = time.time()
     if config.model in NN_MODELS:
         device = resolve_device(device)
-    inputs = _load_inputs(config, progress)
-    if not existing:
-        _create_run_dir(run_dir, record)
-    if config.model in CLASSICAL_MODELS:
-        summary = _train_classical(run_dir, config, inputs)
-    else:
-        summary = _train_network(run_dir, config, inputs, device, progress)
-    summary["wall_seconds"] = time.time() - t0  # this invocation: input loading and training
-    atomic_write_text(summary_path, json.dumps(summary, indent=2))
-    return summary
+    with OutputLock(run_dir):  # RUN_DIR.lock beside the folder: a second run is refused here
+        existing = _existing_run(run_dir, config, record)  # again: another run may have ended
+        if existing and summary_path.exists():
+            return json.loads(summary_path.read_text())
+        inputs = _load_inputs(config, progress)
+        if not existing:
+            _create_run_dir(run_dir, record)
+        if config.model in CLASSICAL_MODELS:
+            summary = _train_classical(run_dir, config, inputs)
+        else:
+            summary = _train_network(run_dir, config, inputs, device, progress)
+        summary["wall_seconds"] = time.time() - t0  # this invocation: input loading and training
+        atomic_write_text(summary_path, json.dumps(summary, indent=2))
+        return summary
 
 
 def _load_inputs(config: TrainConfig, progress: bool) -> tuple[np.ndarray, dict, np.ndarray]:

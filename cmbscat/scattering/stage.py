@@ -29,6 +29,7 @@ import numpy as np
 
 from cmbscat import __version__
 from cmbscat.errors import CmbscatError
+from cmbscat.lock import OutputLock
 from cmbscat.scattering.transform import (DEFAULT_ITER, DEFAULT_ODD_POWER, DEFAULT_OVERSAMPLE,
                                           Scattering, default_J0)
 from cmbscat.scattering.wavelets import n_scales
@@ -117,27 +118,28 @@ def scatter(in_path: str | Path, out_path: str | Path, depth: int = 2, J0: int |
     source, sc, params = plan.source, plan.transform, plan.params
     lmax, J0, digest = params["lmax"], params["J0"], params["source_content_sha256"]
     n = source.n_maps
-    writer, (start, stop), computed = process_maps(
-        source, out_path, plan.shard_params(shard), shard,
-        lambda src, i, h5: {"coeffs": sc(src.alm(i, lmax, h5)).astype(np.float32)}, "scatter", progress)
-    if writer.complete:
-        return 0
-    attrs = {
-        "kind": "scattering", "lmax": lmax, "lam": float(lam), "J0": J0, "depth": depth,
-        "nside_out": sc.nside_out, "lmax_out": sc.lmax_out, "n_channels": sc.n_channels,
-        "oversample": float(oversample), "min_nside": sc.min_nside, "map2alm_iter": iter,
-        "input_map2alm_iter": INPUT_MAP2ALM_ITER, "input": source.dataset,
-        "source": f"{source.path.name} content-sha256:{digest}", "source_nside": source.nside,
-        "n_maps": n, "ordering": "RING", "unit": "uK (unit of the input map)",
-        "normalisation": "raw S[p] = U[p] f * Phi, no log or per-channel scaling",
-        "odd": bool(odd), "odd_power": int(odd_power) if odd else 0,
-        "channel_names": sc.channel_names(),
-        "paths_meaning": "scale j of each step; wavelet j covers lam^(j-1) < l < lam^(j+1); -1 = none",
-        "odd_pairs_meaning": ("C[j1,j2] = ((f*Psi_j1) |f*Psi_j2|^odd_power) * Phi, channels after "
-                              "/paths' in /odd_pairs order; j1 = -1: the scaling band f*Phi"),
-        "cmbscat_version": __version__,
-    }
-    writer.finalize(per_item={"labels": source.labels[start:stop], "seeds": source.seeds[start:stop]},
-                    whole={"paths": sc.paths_array(),
-                           **({"odd_pairs": sc.odd_pairs_array()} if odd else {})}, attrs=attrs)
-    return computed
+    with OutputLock(out_path):  # a second run on out_path is refused here, before any write
+        writer, (start, stop), computed = process_maps(
+            source, out_path, plan.shard_params(shard), shard,
+            lambda src, i, h5: {"coeffs": sc(src.alm(i, lmax, h5)).astype(np.float32)}, "scatter", progress)
+        if writer.complete:
+            return 0
+        attrs = {
+            "kind": "scattering", "lmax": lmax, "lam": float(lam), "J0": J0, "depth": depth,
+            "nside_out": sc.nside_out, "lmax_out": sc.lmax_out, "n_channels": sc.n_channels,
+            "oversample": float(oversample), "min_nside": sc.min_nside, "map2alm_iter": iter,
+            "input_map2alm_iter": INPUT_MAP2ALM_ITER, "input": source.dataset,
+            "source": f"{source.path.name} content-sha256:{digest}", "source_nside": source.nside,
+            "n_maps": n, "ordering": "RING", "unit": "uK (unit of the input map)",
+            "normalisation": "raw S[p] = U[p] f * Phi, no log or per-channel scaling",
+            "odd": bool(odd), "odd_power": int(odd_power) if odd else 0,
+            "channel_names": sc.channel_names(),
+            "paths_meaning": "scale j of each step; wavelet j covers lam^(j-1) < l < lam^(j+1); -1 = none",
+            "odd_pairs_meaning": ("C[j1,j2] = ((f*Psi_j1) |f*Psi_j2|^odd_power) * Phi, channels after "
+                                  "/paths' in /odd_pairs order; j1 = -1: the scaling band f*Phi"),
+            "cmbscat_version": __version__,
+        }
+        writer.finalize(per_item={"labels": source.labels[start:stop], "seeds": source.seeds[start:stop]},
+                        whole={"paths": sc.paths_array(),
+                               **({"odd_pairs": sc.odd_pairs_array()} if odd else {})}, attrs=attrs)
+        return computed

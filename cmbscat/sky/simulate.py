@@ -20,6 +20,7 @@ from tqdm import tqdm
 from cmbscat import __version__
 from cmbscat.errors import CmbscatError
 from cmbscat.healpix import check_nside_lmax
+from cmbscat.lock import OutputLock
 from cmbscat.sky.nongaussian import LocalFNL, LocalGNL
 from cmbscat.sky.spectra import CL_SOURCE, gaussian_alm, planck2018_cl
 from cmbscat.store import ItemWriter, Shard
@@ -180,23 +181,25 @@ def simulate(out_path: str | Path, config: SimulationConfig, shard: Shard | None
     Returns the number of maps computed by this call (0 if the file was complete).
 
     With ``shard`` only maps ``shard.bounds(n_maps)`` are written, to ``out_path``
-    itself; join shard files with :func:`cmbscat.store.combine_shards`.
+    itself; join shard files with :func:`cmbscat.store.combine_shards`. Holds
+    ``out_path.lock`` while it works (:class:`cmbscat.lock.OutputLock`).
     """
     config.validate()
     start, stop = shard.bounds(config.n_maps) if shard else (0, config.n_maps)
-    writer = ItemWriter(out_path, simulation_params(config, shard), start, stop,
-                        defaults=simulation_defaults())
-    if writer.complete:
-        return 0
-    seeds, labels = map_seeds(config.seed, config.n_maps), map_labels(config.n_maps)
-    simulator = SkySimulator(config.nside, config.lmax, config.fnl, config.ng_model, config.gnl)
-    todo = writer.pending()
-    for i in tqdm(todo, desc="simulate", unit="map", disable=not progress,
-                  initial=(stop - start) - len(todo), total=stop - start):
-        writer.put(i, simulator.sky(seeds[i], labels[i], config.store))
-    writer.finalize(per_item={"labels": labels[start:stop], "seeds": seeds[start:stop]},
-                    attrs=simulation_attrs(config))
-    return len(todo)
+    with OutputLock(out_path):  # a second run on out_path is refused here, before any write
+        writer = ItemWriter(out_path, simulation_params(config, shard), start, stop,
+                            defaults=simulation_defaults())
+        if writer.complete:
+            return 0
+        seeds, labels = map_seeds(config.seed, config.n_maps), map_labels(config.n_maps)
+        simulator = SkySimulator(config.nside, config.lmax, config.fnl, config.ng_model, config.gnl)
+        todo = writer.pending()
+        for i in tqdm(todo, desc="simulate", unit="map", disable=not progress,
+                      initial=(stop - start) - len(todo), total=stop - start):
+            writer.put(i, simulator.sky(seeds[i], labels[i], config.store))
+        writer.finalize(per_item={"labels": labels[start:stop], "seeds": seeds[start:stop]},
+                        attrs=simulation_attrs(config))
+        return len(todo)
 
 
 def simulation_attrs(config: SimulationConfig) -> dict:

@@ -151,7 +151,8 @@ def process_maps(source: Source, out_path: str | Path, params: Mapping, shard: S
     Non-finite input is refused before anything is written (unless the output already
     exists: it was checked when made). Returns (writer, (start, stop), maps computed now);
     the caller finalizes the writer with its attributes unless ``writer.complete`` was
-    already True (then 0 maps were computed).
+    already True (then 0 maps were computed). The caller holds ``OutputLock(out_path)``
+    around this call and the finalize (:mod:`cmbscat.lock`).
     """
     start, stop = shard.bounds(source.n_maps) if shard else (0, source.n_maps)
     if not Path(out_path).exists():

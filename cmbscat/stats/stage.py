@@ -25,6 +25,7 @@ from pathlib import Path
 from cmbscat import __version__
 from cmbscat.errors import CmbscatError
 from cmbscat.healpix import check_nside_lmax
+from cmbscat.lock import OutputLock
 from cmbscat.sky.source import Source, open_source, process_maps
 from cmbscat.sky.spectra import CL_SOURCE, planck2018_cl
 from cmbscat.stats.minkowski import DEFAULT_THRESHOLDS
@@ -78,23 +79,24 @@ def compute_stats(in_path: str | Path, out_path: str | Path, lmax: int | None = 
         stored = src.dataset != "alm" and statistics.lmax == src.lmax
         return statistics(alm, sky_map=src.pixels(i, h5) if stored else None, which=STATISTICS)
 
-    writer, (start, stop), computed = process_maps(source, out_path, plan.shard_params(shard), shard,
-                                                   per_map, "stats", progress)
-    if writer.complete:
-        return 0
-    attrs = {
-        "kind": "stats", "nside": source.nside, "lmax": statistics.lmax, "n_maps": n,
-        "input": source.dataset, "source": f"{source.path.name} content-sha256:{plan.params['source_content_sha256']}",
-        "cl_source": CL_SOURCE, "ordering": "RING", "cmbscat_version": __version__,
-        "statistics": list(STATISTICS),
-        "powspec_meaning": "log10 of the (2l+1)-weighted mean C_l (uK^2) in bins [edges[k], edges[k+1])",
-        "onepoint_meaning": "skewness, excess kurtosis of the pixel values",
-        "cubic_meaning": "S = -sum_x (C^-1 T)(x) (T(x)^2 - sigma^2) 4pi/npix, the local-f_NL score",
-        "minkowski_meaning": "rows V0 (area), V1 (boundary length), V2 (total contour curvature / "
-                             "8 pi^2) of u = (T - mean)/std at /thresholds (Schmalzing & Gorski 1998)",
-        "minkowski_width": statistics.minkowski_width,
-    }
-    writer.finalize(per_item={"labels": source.labels[start:stop], "seeds": source.seeds[start:stop]},
-                    whole={"powspec_edges": statistics.powspec_edges, "thresholds": statistics.thresholds},
-                    attrs=attrs)
-    return computed
+    with OutputLock(out_path):  # a second run on out_path is refused here, before any write
+        writer, (start, stop), computed = process_maps(source, out_path, plan.shard_params(shard), shard,
+                                                       per_map, "stats", progress)
+        if writer.complete:
+            return 0
+        attrs = {
+            "kind": "stats", "nside": source.nside, "lmax": statistics.lmax, "n_maps": n,
+            "input": source.dataset, "source": f"{source.path.name} content-sha256:{plan.params['source_content_sha256']}",
+            "cl_source": CL_SOURCE, "ordering": "RING", "cmbscat_version": __version__,
+            "statistics": list(STATISTICS),
+            "powspec_meaning": "log10 of the (2l+1)-weighted mean C_l (uK^2) in bins [edges[k], edges[k+1])",
+            "onepoint_meaning": "skewness, excess kurtosis of the pixel values",
+            "cubic_meaning": "S = -sum_x (C^-1 T)(x) (T(x)^2 - sigma^2) 4pi/npix, the local-f_NL score",
+            "minkowski_meaning": "rows V0 (area), V1 (boundary length), V2 (total contour curvature / "
+                                 "8 pi^2) of u = (T - mean)/std at /thresholds (Schmalzing & Gorski 1998)",
+            "minkowski_width": statistics.minkowski_width,
+        }
+        writer.finalize(per_item={"labels": source.labels[start:stop], "seeds": source.seeds[start:stop]},
+                        whole={"powspec_edges": statistics.powspec_edges, "thresholds": statistics.thresholds},
+                        attrs=attrs)
+        return computed
