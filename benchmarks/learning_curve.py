@@ -36,9 +36,9 @@ import numpy as np
 
 from cmbscat.experiment.evaluate import evaluate, evaluation_record
 from cmbscat.experiment.metrics import wilson_interval
-from cmbscat.experiment.pipeline import Experiment, Runner, Stage, _cli_flags
-from cmbscat.experiment.train import (TrainConfig, classical_classifier, read_run_record,
-                                      record_defaults, run_record, split_indices, train)
+from cmbscat.experiment.pipeline import Experiment, Runner, Stage
+from cmbscat.experiment.pipeline import training_stage as pipeline_training_stage
+from cmbscat.experiment.train import TrainConfig, classical_classifier, split_indices
 
 VARIANTS = {  # name: (channels, augment)
     "hybrid, + odd + rotations": ("all", True),
@@ -63,20 +63,10 @@ def training_stage(exp: Experiment, variant: str, n_maps: int, epochs: int) -> t
     channels, augment = VARIANTS[variant]
     run_dir = exp.out / "runs" / variant.replace(", ", "_").replace(" + ", "+").replace(" ", "_") / f"n{n_maps}"
     config = TrainConfig(data=str(exp.scat_path("train")), model="hybrid", epochs=epochs,
-                         batch_size=16, augment=augment, channels=channels, max_maps=n_maps)
-
-    def found():
-        record = read_run_record(run_dir)
-        return None if record is None else (record, not (run_dir / "summary.json").exists())
-
-    settings = {k: v for k, v in config.__dict__.items() if k not in ("data", "model")}
-    stage = Stage(f"train {variant} n={n_maps} f_NL {exp.sim['fnl']:g}", run_dir,
-                  lambda: run_record(config), found,
-                  lambda: train(run_dir, config, "cpu", progress=False), lambda: None,
-                  record_defaults(config),
-                  command=["train", config.data, str(run_dir), "--model", "hybrid",
-                           "--device", "cpu", *_cli_flags(settings)])
-    return stage, run_dir
+                         batch_size=16, augment=augment, channels=channels,
+                         max_maps=n_maps).resolved()
+    name = f"train {variant} n={n_maps} f_NL {exp.sim['fnl']:g}"
+    return pipeline_training_stage(name, run_dir, config, "cpu", progress=False), run_dir
 
 
 def accuracy_of(run_dir: Path, test: Path) -> dict:

@@ -349,6 +349,26 @@ def _split_sizes(sim: dict, split: str) -> tuple[int, int]:
     return int(sim[f"n_{key}"]), int(sim[f"seed_{key}"])
 
 
+def training_stage(name: str, run_dir: Path, config, device: str = "auto",
+                   progress: bool = True) -> Stage:
+    """The stage that trains ``config`` (a resolved :class:`TrainConfig`) into ``run_dir``,
+    in-process or, for side-by-side runs, as ``cmbscat train`` with the same settings."""
+    from cmbscat.experiment.train import read_run_record, record_defaults, run_record, train
+
+    def found():
+        record = read_run_record(run_dir)
+        if record is None:
+            return None
+        return record, not (run_dir / "summary.json").exists()
+
+    settings = {k: v for k, v in asdict(config).items() if k not in ("data", "model")}
+    command = ["train", config.data, str(run_dir), "--model", config.model, "--device", device,
+               *_cli_flags(settings)]
+    return Stage(name, run_dir, lambda: run_record(config), found,
+                 lambda: train(run_dir, config, device, progress),
+                 lambda: _discard_run_dir(run_dir), record_defaults(config), command=command)
+
+
 class Experiment:
     """The stages of one config (see the module docstring), built lazily in data-flow order."""
 
@@ -456,23 +476,8 @@ class Experiment:
                            **settings).resolved()
 
     def train_stage(self, model: str, seed: int) -> Stage:
-        from cmbscat.experiment.train import read_run_record, record_defaults, run_record, train
-
-        config, run_dir = self.train_config(model, seed), self.run_dir(model, seed)
-
-        def found():
-            record = read_run_record(run_dir)
-            if record is None:
-                return None
-            return record, not (run_dir / "summary.json").exists()
-
-        settings = {k: v for k, v in asdict(config).items() if k not in ("data", "model")}
-        command = ["train", config.data, str(run_dir), "--model", model, "--device", self.device,
-                   *_cli_flags(settings)]
-        return Stage(f"train {model} seed {seed}", run_dir, lambda: run_record(config), found,
-                     lambda: train(run_dir, config, self.device, self.progress),
-                     lambda: _discard_run_dir(run_dir), record_defaults(config),
-                     command=command)
+        return training_stage(f"train {model} seed {seed}", self.run_dir(model, seed),
+                              self.train_config(model, seed), self.device, self.progress)
 
     def eval_dir(self, model: str, seed: int, split: str) -> Path:
         run_dir = self.run_dir(model, seed)

@@ -215,16 +215,16 @@ class Scattering:
         # the envelope of band j2 is analysed up to the highest l any product needs,
         # and each product is formed on the grid of its lower band
         self.envelope_lmax: dict[int, int] = {}
-        self.product_grid: dict[int, tuple[int, int]] = {}  # j1 -> (nside, envelope lmax needed)
+        self.product_grid: dict[int, int] = {}  # j1 -> nside of its products
         for j1, j2 in self.odd_pairs:
             # the modulus grid of band j2 holds multipoles up to 3 nside_j2 - 1
             env = min(self._band_top(j1) + self.lmax_out, 3 * self.grid[j2][0] - 1)
             self.envelope_lmax[j2] = max(self.envelope_lmax.get(j2, 0), env)
         for j1 in dict.fromkeys(j1 for j1, _ in self.odd_pairs):
-            env = self._band_top(j1) + self.lmax_out
             # no min_nside floor here: the products' error comes from the envelope's
             # modulus grid, not from this one (benchmarks/odd_channels.py)
-            self.product_grid[j1] = (nside_for_band(env, self.oversample, power_of_two=False), env)
+            self.product_grid[j1] = nside_for_band(self._band_top(j1) + self.lmax_out,
+                                                   self.oversample, power_of_two=False)
 
     def _band_top(self, j: int) -> int:
         """Highest multipole of band j (the scaling band for j = SCALING_BAND)."""
@@ -309,8 +309,8 @@ class Scattering:
             return self._analyse(m, lmax_analysis)
         env_lmax = self.envelope_lmax[j]
         if self.odd_power == 1:
-            both = self._analyse(m, max(lmax_analysis, env_lmax))
             top = max(lmax_analysis, env_lmax)
+            both = self._analyse(m, top)
             return resize_alm(both, top, lmax_analysis), resize_alm(both, top, env_lmax)
         return self._analyse(m, lmax_analysis), self._analyse(m * m, env_lmax)
 
@@ -323,7 +323,7 @@ class Scattering:
         out = np.empty((len(self.odd_pairs), alm_size(self.lmax_out)), dtype=np.complex128)
         long_map, current = None, None
         for k, (j1, j2) in enumerate(self.odd_pairs):
-            nside_p, _ = self.product_grid[j1]
+            nside_p = self.product_grid[j1]
             top = self._band_top(j1)
             if j1 != current:  # the long-scale band, once per j1 on its product grid
                 band = (self._lowpass(alm, self.lmax) if j1 == SCALING_BAND
