@@ -288,8 +288,16 @@ def train(run_dir: str | Path, config: TrainConfig, device: str = "auto",
     if existing and summary_path.exists():
         return json.loads(summary_path.read_text())
     t0 = time.time()
+    from cmbscat.nn.distributed import DistributedContext
+
+    dist = DistributedContext.from_env()
+    if dist.active and config.model not in NN_MODELS:
+        raise CmbscatError(f"--model {config.model} is a logistic regression: train it with one "
+                           "process, not under torchrun")
     if config.model in NN_MODELS:
-        device = resolve_device(device)
+        device = dist.device(resolve_device(device))
+    if dist.active:
+        return _train_distributed(run_dir, config, record, device, progress, dist, t0)
     with OutputLock(run_dir):  # RUN_DIR.lock beside the folder: a second run is refused here
         existing = _existing_run(run_dir, config, record)  # again: another run may have ended
         if existing and summary_path.exists():
@@ -304,6 +312,44 @@ def train(run_dir: str | Path, config: TrainConfig, device: str = "auto",
         summary["wall_seconds"] = time.time() - t0  # this invocation: input loading and training
         atomic_write_text(summary_path, json.dumps(summary, indent=2))
         return summary
+
+
+def _train_distributed(run_dir: Path, config: TrainConfig, record: dict, device: str, progress: bool,
+                       dist, t0: float) -> dict:
+    """The body of :func:`train` on one rank of a ``torchrun`` launch.
+
+    Rank 0 holds the run folder's lock, creates the folder and writes everything in it;
+    the other ranks train their slices and write nothing. Every rank loads the whole
+    training file (standardisation from the whole training split, as one process).
+    """
+    import contextlib
+
+    summary_path = run_dir / "summary.json"
+    dist.init(device)
+    try:
+        with (OutputLock(run_dir) if dist.is_main else contextlib.nullcontext()):
+            existing = _existing_run(run_dir, config, record) if dist.is_main else None
+            if dist.agree(bool(existing) and summary_path.exists(), _collective_device(device)):
+                dist.barrier()
+                return json.loads(summary_path.read_text())
+            inputs = _load_inputs(config, progress and dist.is_main)
+            if dist.is_main and not existing:
+                _create_run_dir(run_dir, record)
+            dist.barrier()  # the folder (and a resumable last.pt) exists before any rank reads it
+            summary = _train_network(run_dir, config, inputs, device, progress, dist)
+            summary["wall_seconds"] = time.time() - t0
+            summary["world_size"] = dist.world_size
+            if dist.is_main:
+                atomic_write_text(summary_path, json.dumps(summary, indent=2))
+            dist.barrier()
+            return summary
+    finally:
+        dist.shutdown()
+
+
+def _collective_device(device: str) -> str:
+    """Where small collective tensors live: the GPU under NCCL, else the CPU (gloo)."""
+    return device if device.startswith("cuda") else "cpu"
 
 
 def _load_inputs(config: TrainConfig, progress: bool) -> tuple[np.ndarray, dict, np.ndarray]:
@@ -376,11 +422,29 @@ def _stop_early(history: list[dict], patience: int) -> bool:
     return history[-1]["epoch"] - best_epoch >= patience
 
 
-def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, progress: bool) -> dict:
+def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, progress: bool,
+                   dist=None) -> dict:
+    """Train a network; under ``torchrun`` (``dist`` active) this rank's share of it.
+
+    Data parallel as one process with the same global batch: every rank draws the same
+    shuffling, rotations and dropout masks for each global batch and takes its rows
+    (:meth:`DistributedContext.local_slice`); gradients are averaged by
+    ``DistributedDataParallel`` with each rank's loss scaled to make the average the
+    global batch's mean; batch norm uses the global batch's statistics
+    (:class:`GlobalBatchNorm1d`); epoch losses and counts are summed over ranks. A global
+    batch smaller than the number of ranks (and, as with one process, one of a single map)
+    is skipped.
+    """
     import torch
     import torch.nn.functional as F
 
+    from cmbscat.experiment.augment import random_rotation_angles
+    from cmbscat.nn.distributed import (DistributedContext, convert_batch_norm, set_global_batch,
+                                        unsynced)
     from cmbscat.nn.models import build_model, recompute_batch_norm
+
+    dist = dist or DistributedContext()
+    collective = _collective_device(device)
 
     x, meta, labels = inputs
     train_idx, val_idx = split_indices(labels, config.val_fraction, config.seed)
@@ -390,6 +454,12 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
 
     torch.manual_seed(config.seed)
     model = build_model(config.model, in_channels, nside).to(device)
+    net = model  # what the training steps call: the model, or its DistributedDataParallel wrapper
+    if dist.active:
+        convert_batch_norm(model)
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None,
+            broadcast_buffers=False)  # batch-norm statistics are global already, the same on every rank
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs)
     history, best_loss, start_epoch = [], float("inf"), 0
@@ -414,31 +484,43 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
     def run_epoch(indices, train: bool, generator=None, rotations=None):
         model.train(train)
         order = indices[torch.randperm(len(indices), generator=generator).numpy()] if train else indices
+        if not train:  # validation: each rank scores its share of the maps
+            order = order[dist.local_slice(order)]
         total_loss, correct, used = 0.0, 0, 0
         for lo in range(0, len(order), config.batch_size):
             batch = order[lo:lo + config.batch_size]
-            if train and len(batch) < 2:
+            if train and len(batch) < max(2, dist.world_size):
                 continue  # batch norm needs two samples: this map is not used, nor counted
+            rows = dist.local_slice(batch) if train else slice(None)
+            local = batch[rows]
             if rotations is not None:  # each example under its own random rotation
-                xb = torch.from_numpy(augmenter(np.stack([train_alm[i] for i in batch.tolist()]),
-                                                rotations)).to(device)
+                angles = random_rotation_angles(rotations, len(batch))  # for the whole global batch
+                xb = torch.from_numpy(augmenter.rotate(np.stack([train_alm[i] for i in local.tolist()]),
+                                                       angles[rows])).to(device)
             else:
-                xb = x_t[batch].to(device)
-            yb = y_t[batch].to(device)
+                xb = x_t[local].to(device)
+            yb = y_t[local].to(device)
+            if train:
+                set_global_batch(model, len(batch), rows)
             with torch.set_grad_enabled(train):
-                logits = model(xb)
-                loss = F.binary_cross_entropy_with_logits(logits, yb)
+                logits = net(xb) if train else model(xb)
+                if dist.active:  # DDP averages over ranks: scale so that this is the global mean
+                    loss_sum = F.binary_cross_entropy_with_logits(logits, yb, reduction="sum")
+                    loss = loss_sum * (dist.world_size / len(batch))
+                else:
+                    loss = F.binary_cross_entropy_with_logits(logits, yb)
             if train:
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
-            total_loss += loss.item() * len(batch)
+            total_loss += loss_sum.item() if dist.active else loss.item() * len(batch)
             correct += int(((logits >= 0).float() == yb).sum())
-            used += len(batch)
+            used += len(local)
+        total_loss, correct, used = dist.sum([total_loss, correct, used], collective)
         return total_loss / used, correct / used
 
     bar = tqdm(range(start_epoch, config.epochs), desc=f"train {config.model}", unit="epoch",
-               disable=not progress, initial=start_epoch, total=config.epochs)
+               disable=not (progress and dist.is_main), initial=start_epoch, total=config.epochs)
     for epoch in bar:
         if _stop_early(history, config.patience):
             break  # also on resume: the decision depends on the saved history alone
@@ -448,17 +530,21 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
         rotations = np.random.default_rng([config.seed, epoch, 7]) if augmenter else None
         train_loss, train_acc = run_epoch(train_idx, True, generator, rotations)
         if config.precise_bn:  # the batch-norm statistics that validation and model.pt use
-            recompute_batch_norm(model, (x_t[train_idx[lo:lo + config.batch_size]].to(device)
-                                         for lo in range(0, len(train_idx), config.batch_size)
-                                         if len(train_idx[lo:lo + config.batch_size]) >= 2))
+            with unsynced(model):  # every rank passes the whole split: the same statistics
+                recompute_batch_norm(model, (x_t[train_idx[lo:lo + config.batch_size]].to(device)
+                                             for lo in range(0, len(train_idx), config.batch_size)
+                                             if len(train_idx[lo:lo + config.batch_size]) >= 2))
         val_loss, val_acc = run_epoch(val_idx, False)
         scheduler.step()
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
                         "val_loss": val_loss, "val_accuracy": val_acc,
                         "lr": optimiser.param_groups[0]["lr"], "seconds": time.time() - t0})
         bar.set_postfix(val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}")
-        if val_loss < best_loss:
-            best_loss = val_loss
+        improved = val_loss < best_loss
+        best_loss = min(best_loss, val_loss)
+        if not dist.is_main:
+            continue  # rank 0 writes the checkpoints and the history
+        if improved:
             _atomic_torch_save({"kind": config.model, "in_channels": in_channels, "nside": nside,
                                 "meta": meta, "mean": mean, "std": std, "epoch": epoch + 1,
                                 "model": {k: v.cpu() for k, v in model.state_dict().items()}},
@@ -469,7 +555,8 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
                             "torch_rng": torch.get_rng_state()}, last_path)
         _write_history(run_dir, history)
     bar.close()
-    plot_curves(run_dir, history)
+    if dist.is_main:
+        plot_curves(run_dir, history)
     best = min(history, key=lambda h: h["val_loss"])
     return {"stopped_early": len(history) < config.epochs, "epochs_run": len(history),
             "model": config.model, "device": device, "n_train": int(train_idx.size),

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from cmbscat.nn.disco import DiscoConvS2
+from cmbscat.nn.distributed import GlobalBatchDropout
 
 
 class DiscoBlock(nn.Module):
@@ -44,7 +45,8 @@ class SphericalClassifier(nn.Module):
         nside while nside > ``nside_min``.
     kernel_shape : DISCO basis (int: isotropic, n radial functions).
     hidden : width of the MLP's hidden layer.
-    dropout : dropout before the last layer.
+    dropout : dropout before the last layer (its mask drawn per global batch, so that
+        data-parallel training drops what one process would: :class:`GlobalBatchDropout`).
     """
 
     def __init__(self, in_channels: int, nside: int, widths=(32, 32, 64), kernel_shape=4,
@@ -56,7 +58,7 @@ class SphericalClassifier(nn.Module):
             blocks.append(DiscoBlock(c, width, ns, ns_out, kernel_shape))
             c, ns = width, ns_out
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.Linear(2 * c, hidden), nn.GELU(), nn.Dropout(dropout),
+        self.head = nn.Sequential(nn.Linear(2 * c, hidden), nn.GELU(), GlobalBatchDropout(dropout),
                                   nn.Linear(hidden, 1))
         self.nside_in, self.nside_final = nside, ns
 
