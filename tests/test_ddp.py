@@ -11,7 +11,7 @@ import pytest
 
 from cmbscat.sky.simulate import SimulationConfig, simulate
 
-from conftest import assert_one_line_error, run_cli
+from conftest import run_cli
 
 pytest.importorskip("torch.distributed")
 
@@ -59,6 +59,22 @@ def test_two_ranks_give_the_validation_curve_of_one_process(sims, tmp_path):
         (one / "summary.json").read_text())["n_train"]
     # rank 0 wrote the run; it evaluates like any run
     assert (two / "model.pt").exists() and not list(tmp_path.glob("two.lock"))
+
+
+def test_two_ranks_rotate_each_map_as_one_process_does(sims, tmp_path):
+    """The hybrid with its default rotation augmentation: each rank rotates its rows of the
+    global batch by the rotations one process draws for them."""
+    scat = tmp_path / "scat.h5"
+    run_cli("scatter", sims, scat, "--J0", "3", "--no-progress", check=True)
+    args = [scat, None, "--model", "hybrid", "--epochs", "2", "--batch-size", "8", "--augment",
+            "--device", "cpu", "--no-progress"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_cli("train", *[one if a is None else a for a in args], check=True)
+    proc = _torchrun(2, "train", *[two if a is None else a for a in args])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for a, b in zip(_history(one), _history(two)):
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5), (a, b)
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5), (a, b)
 
 
 def test_classical_model_under_torchrun_is_refused(sims, tmp_path):
