@@ -297,8 +297,19 @@ def evaluate(run_dir, test, out_dir, device, progress):
               help="Also evaluate every model on the config's sealed test set (simulate.n_sealed, "
                    "seed_sealed). Only for a release's final table; each use is logged in "
                    "OUT/sealed_log.json.")
+@click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True,
+              help="Where the per-map stages' shard tasks run (config 'workers' shards, one "
+                   "thread each): local, a Dask LocalCluster on this machine; dask, the workers "
+                   "of --scheduler or of --slurm (a LocalCluster if neither is given).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="With --executor dask: address of a running Dask scheduler "
+                   "(e.g. tcp://10.0.0.1:8786); its workers need cmbscat and the output folder.")
+@click.option("--slurm", is_flag=True,
+              help="With --executor dask: start dask-jobqueue's SLURMCluster with the config's "
+                   "'slurm' options (cores, memory, queue, walltime, ...), one job per shard.")
 @_progress_option
-def pipeline(config, device, scan, models, rerun_changed, sealed, progress):
+def pipeline(config, device, scan, models, rerun_changed, sealed, executor, scheduler, slurm,
+             progress):
     """Run every stage of the experiment in the JSON file CONFIG and write its results table.
 
     pipelines/paper.json is the paper's experiment (make reproduce), pipelines/smoke.json
@@ -306,17 +317,26 @@ def pipeline(config, device, scan, models, rerun_changed, sealed, progress):
     records the config's settings and the content hashes of its inputs; an interrupted
     run resumes.
     """
-    from cmbscat.experiment.pipeline import run_pipeline, run_scan
+    from cmbscat.experiment.executor import ShardExecutor, check_executor_options
+    from cmbscat.experiment.pipeline import load_config, run_pipeline, run_scan
+
+    check_executor_options(executor, scheduler, slurm)
 
     only = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    if scan:
-        if sealed:
-            raise CmbscatError("--sealed is for the paper pipeline's final table, not for a --scan")
-        table = run_scan(config, device=device, progress=progress, only=only,
-                         rerun_changed=rerun_changed)
-    else:
-        table = run_pipeline(config, device=device, progress=progress, only=only,
-                             rerun_changed=rerun_changed, sealed=sealed)
+    if scan and sealed:
+        raise CmbscatError("--sealed is for the paper pipeline's final table, not for a --scan")
+    slurm_options = None
+    if slurm:
+        slurm_options = load_config(config).get("slurm")
+        if not isinstance(slurm_options, dict):
+            raise CmbscatError(f"--slurm needs a 'slurm' object of SLURMCluster options in {config}")
+    with ShardExecutor(executor, scheduler, slurm_options) as shard_executor:
+        if scan:
+            table = run_scan(config, device=device, progress=progress, only=only,
+                             rerun_changed=rerun_changed, executor=shard_executor)
+        else:
+            table = run_pipeline(config, device=device, progress=progress, only=only,
+                                 rerun_changed=rerun_changed, sealed=sealed, executor=shard_executor)
     click.echo(f"wrote {table}", err=True)
 
 

@@ -17,7 +17,7 @@ stopped. Per-stage wall times are printed and kept in ``timings.json`` (the time
 the run that did the work).
 
 Order: the per-map stages (simulate, scatter, stats; each split into ``workers``
-shard processes), then every training, ``train_workers`` (default ``workers``) side
+shard tasks run on Dask workers, :mod:`cmbscat.experiment.executor`), then every training, ``train_workers`` (default ``workers``) side
 by side in one-thread processes on the CPU, then the evaluations.
 
 The sealed test set (config ``simulate.n_sealed`` / ``seed_sealed``) is touched only
@@ -277,32 +277,36 @@ def shard_paths_for(out_path: Path, workers: int) -> list[Path]:
 
 
 def run_sharded(stage: str, args: list[str], out_path: Path, n_items: int, workers: int,
-                progress: bool = True) -> None:
-    """Run ``cmbscat STAGE ARGS`` as ``workers`` parallel shard processes, then combine them.
+                progress: bool = True, executor=None) -> None:
+    """Run ``cmbscat STAGE ARGS`` as ``workers`` shard tasks, then combine them.
 
-    Each shard process uses one OpenMP thread (healpy's transforms scale better across
-    processes than across threads on few cores) and is itself resumable; the shards are
-    joined into ``out_path`` with HDF5 virtual datasets (:func:`cmbscat.store.combine_shards`).
-    Holds ``out_path``'s lock throughout (:class:`cmbscat.lock.OutputLock`).
+    Each task (``cmbscat STAGE ARGS SHARD --shard K/N``) writes one resumable shard file
+    and runs on ``executor`` (:class:`cmbscat.experiment.executor.ShardExecutor`; default
+    a Dask ``LocalCluster`` for this call); the shards are joined into ``out_path`` with
+    HDF5 virtual datasets (:func:`cmbscat.store.combine_shards`). Holds ``out_path``'s lock
+    throughout (:class:`cmbscat.lock.OutputLock`); each task locks its own shard file.
     """
+    from cmbscat.experiment.executor import ShardExecutor
+
     shard_paths = shard_paths_for(out_path, workers)
-    with OutputLock(out_path):  # each shard process locks its own shard file
-        _run_shards(stage, args, out_path, shard_paths, n_items, workers, progress)
+    with OutputLock(out_path):
+        if executor is None:
+            with ShardExecutor() as own:
+                _run_shards(stage, args, out_path, shard_paths, n_items, workers, progress, own)
+        else:
+            _run_shards(stage, args, out_path, shard_paths, n_items, workers, progress, executor)
 
 
-def _run_shards(stage, args, out_path, shard_paths, n_items, workers, progress):
+def _run_shards(stage, args, out_path, shard_paths, n_items, workers, progress, executor):
     """The body of :func:`run_sharded`, called with the lock of ``out_path`` held."""
     from tqdm import tqdm
 
     from cmbscat.store import combine_shards
 
     shard_paths[0].parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # click accepts the output path after the options: "cmbscat scatter IN --depth 2 OUT"
-    procs = [subprocess.Popen([sys.executable, "-m", "cmbscat", stage, *args, str(path),
-                               "--shard", f"{k}/{workers}", "--no-progress"],
-                              env=env, stderr=subprocess.PIPE, text=True)
-             for k, path in enumerate(shard_paths)]
+    commands = [[stage, *args, str(path), "--shard", f"{k}/{workers}", "--no-progress"]
+                for k, path in enumerate(shard_paths)]
 
     def n_done():
         done = 0
@@ -312,16 +316,12 @@ def _run_shards(stage, args, out_path, shard_paths, n_items, workers, progress):
         return done
 
     with tqdm(total=n_items, desc=stage, unit="map", disable=not progress) as bar:
-        while any(p.poll() is None for p in procs):
-            time.sleep(1.0)
+        def poll():
             finished = sum(1 for path in shard_paths if path.exists())
             bar.n = max(bar.n, n_done() if finished < workers else n_items)
             bar.refresh()
-    for proc in procs:
-        err = proc.stderr.read()
-        if proc.returncode != 0:
-            last = err.strip().splitlines()[-1] if err.strip() else f"exit status {proc.returncode}"
-            raise CmbscatError(f"a {stage} shard failed: {last}")
+
+        executor.run(commands, poll)
     combine_shards(out_path, shard_paths)
 
 
@@ -372,8 +372,9 @@ def training_stage(name: str, run_dir: Path, config, device: str = "auto",
 class Experiment:
     """The stages of one config (see the module docstring), built lazily in data-flow order."""
 
-    def __init__(self, cfg: dict, device: str = "auto", progress: bool = True):
+    def __init__(self, cfg: dict, device: str = "auto", progress: bool = True, executor=None):
         self.cfg, self.device, self.progress = cfg, device, progress
+        self.executor = executor  # where shard tasks run (ShardExecutor); None: a LocalCluster per stage
         self.out = Path(cfg["out"])
         self.sim = cfg["simulate"]
         self.workers = int(cfg.get("workers", 1))
@@ -411,7 +412,8 @@ class Experiment:
                 flags = _cli_flags({"n_maps": config.n_maps, "nside": config.nside, "lmax": config.lmax,
                                     "ng_model": config.ng_model, "fnl": config.fnl, "gnl": config.gnl,
                                     "seed": config.seed, "store": config.store})
-                run_sharded("simulate", flags, path, config.n_maps, self.workers, self.progress)
+                run_sharded("simulate", flags, path, config.n_maps, self.workers, self.progress,
+                            self.executor)
             else:
                 simulate(path, config, progress=self.progress)
 
@@ -429,7 +431,8 @@ class Experiment:
         def run():
             if self.workers > 1:
                 run_sharded("scatter", [str(sims)] + _cli_flags(options), path,
-                            _split_sizes(self.sim, split)[0], self.workers, self.progress)
+                            _split_sizes(self.sim, split)[0], self.workers, self.progress,
+                            self.executor)
             else:
                 scatter(sims, path, progress=self.progress, **options)
 
@@ -447,7 +450,7 @@ class Experiment:
         def run():
             if self.workers > 1:
                 run_sharded("stats", [str(sims)], path, _split_sizes(self.sim, split)[0], self.workers,
-                            self.progress)
+                            self.progress, self.executor)
             else:
                 compute_stats(sims, path, progress=self.progress)
 
@@ -573,7 +576,7 @@ def _load_result(exp: Experiment, model: str, split: str) -> ModelResult:
 
 def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool = True,
                  only: list[str] | None = None, rerun_changed: bool = False,
-                 sealed: bool = False) -> Path:
+                 sealed: bool = False, executor=None) -> Path:
     """Run every stage of the experiment in ``config_path``; return the table's path.
 
     ``only`` restricts the models trained (a subset of the config's); the scatter
@@ -581,10 +584,12 @@ def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool =
     ``rerun_changed`` recomputes stages whose outputs record other settings or inputs
     (otherwise they are refused). ``sealed`` also evaluates every model on the sealed
     test set (config ``simulate.n_sealed``, ``seed_sealed``): for a release's final table.
+    ``executor`` runs the per-map stages' shard tasks
+    (:class:`cmbscat.experiment.executor.ShardExecutor`; default a Dask ``LocalCluster``).
     """
     cfg = load_config(config_path)
     cfg.setdefault("config_name", str(config_path))
-    results = run_experiment(cfg, device, progress, only, rerun_changed, sealed)
+    results = run_experiment(cfg, device, progress, only, rerun_changed, sealed, executor)
     table = Path(cfg.get("table", Path(cfg["out"]) / "table.md"))
     table.parent.mkdir(parents=True, exist_ok=True)
     timings = Runner(Path(cfg["out"])).timings
@@ -595,7 +600,7 @@ def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool =
 
 def run_experiment(cfg: dict, device: str = "auto", progress: bool = True,
                    only: list[str] | None = None, rerun_changed: bool = False,
-                   sealed: bool = False) -> dict[str, dict[str, ModelResult]]:
+                   sealed: bool = False, executor=None) -> dict[str, dict[str, ModelResult]]:
     """Settle every stage of ``cfg``'s models; return their results per test set and model.
 
     Only results whose whole chain is current are returned (they were just checked
@@ -605,7 +610,12 @@ def run_experiment(cfg: dict, device: str = "auto", progress: bool = True,
     if sealed and not {"n_sealed", "seed_sealed"} <= set(cfg["simulate"]):
         raise CmbscatError("--sealed: the config has no sealed test set "
                            "(simulate.n_sealed and simulate.seed_sealed)")
-    exp = Experiment(cfg, device, progress)
+    if executor is None:  # one LocalCluster for every sharded stage of this run, started on first use
+        from cmbscat.experiment.executor import ShardExecutor
+
+        with ShardExecutor() as own:
+            return run_experiment(cfg, device, progress, only, rerun_changed, sealed, own)
+    exp = Experiment(cfg, device, progress, executor)
     exp.out.mkdir(parents=True, exist_ok=True)
     runner = Runner(exp.out, rerun_changed)
     splits = ("test", "sealed") if sealed else ("test",)
@@ -770,7 +780,7 @@ def scan_parameter(cfg: dict, config_path) -> tuple[str, str, str]:
 
 
 def run_scan(config_path: str | Path, device: str = "auto", progress: bool = True,
-             only: list[str] | None = None, rerun_changed: bool = False) -> Path:
+             only: list[str] | None = None, rerun_changed: bool = False, executor=None) -> Path:
     """Run the experiment of ``config_path`` once per value of its ``fnl_values`` (or ``gnl_values``).
 
     Each value gets its own sub-folder ``<out>/fnl_<value>`` (resumable like the
@@ -796,7 +806,8 @@ def run_scan(config_path: str | Path, device: str = "auto", progress: bool = Tru
         sub_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(sub_path, json.dumps(sub, indent=2))
         click.echo(f"== {label} {value:g}", err=True)
-        run_pipeline(sub_path, device, progress, only=models, rerun_changed=rerun_changed)
+        run_pipeline(sub_path, device, progress, only=models, rerun_changed=rerun_changed,
+                     executor=executor)
         # every model current at this amplitude, also those of an earlier --models run
         current = current_results({**sub, "config_name": str(sub_path)})
         results[value] = {}

@@ -1,0 +1,63 @@
+"""The per-map stages on Dask: a LocalCluster gives the files of one process; CLI refusals."""
+
+import json
+
+import pytest
+
+from cmbscat.experiment.executor import ShardExecutor
+from cmbscat.experiment.pipeline import Experiment
+from cmbscat.store import content_hash
+
+from conftest import assert_one_line_error, run_cli
+
+distributed = pytest.importorskip("dask.distributed")
+
+SMOKE = {"simulate": {"nside": 32, "lmax": 63, "fnl": 2000, "store": "alm", "n_train": 12,
+                      "n_test": 8, "seed_train": 1, "seed_test": 2},
+         "scatter": {"depth": 2, "J0": 3, "odd": True},
+         "models": {"hybrid": {}}}
+
+
+def _per_map_files(out, workers, executor=None):
+    exp = Experiment({**SMOKE, "out": str(out), "workers": workers}, "cpu", False, executor)
+    files = []
+    for split in ("train", "test"):
+        for stage in (exp.simulate_stage(split), exp.scatter_stage(split), exp.stats_stage(split)):
+            stage.run()
+            files.append(stage.output)
+    return files
+
+
+def test_local_cluster_of_two_workers_writes_the_files_of_one_process(tmp_path):
+    one = _per_map_files(tmp_path / "one", workers=1)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        with ShardExecutor("dask", scheduler=cluster.scheduler_address) as executor:
+            two = _per_map_files(tmp_path / "two", workers=2, executor=executor)
+            assert len(cluster.scheduler.workers) == 2
+    for a, b in zip(one, two):
+        assert (b.parent / "shards").exists()  # made of 2 shard files, joined
+        assert content_hash(a) == content_hash(b), (a.name, b.name)
+
+
+def test_executor_options_are_refused_in_one_line(tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({**SMOKE, "out": str(tmp_path / "out")}))
+    assert_one_line_error(run_cli("pipeline", config, "--scheduler", "tcp://127.0.0.1:1"),
+                          "--executor dask")
+    assert_one_line_error(run_cli("pipeline", config, "--executor", "dask", "--slurm"),
+                          "'slurm' object")
+    assert_one_line_error(run_cli("pipeline", config, "--executor", "dask", "--slurm",
+                                  "--scheduler", "tcp://127.0.0.1:1"), "not both")
+
+
+def test_slurm_cluster_takes_the_config_options():
+    pytest.importorskip("dask_jobqueue")
+    from cmbscat.experiment.executor import slurm_cluster
+
+    cluster = slurm_cluster({"queue": "cosmo", "walltime": "02:00:00", "memory": "8GB"})
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "-p cosmo" in script and "02:00:00" in script and "--nthreads 1" in script
