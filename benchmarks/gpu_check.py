@@ -14,7 +14,8 @@ any check fails (or if PyTorch sees no CUDA device):
 * ``epoch``: one training epoch of the hybrid network at the paper's size (1280 maps,
   42 channels at nside 16 -- the odd front-end's output at lmax 1023 -- batch 16, AdamW)
   on synthetic inputs, on the GPU and on the CPU (``--threads`` torch threads), and the
-  CPU cost of the rotation augmentation of one epoch (healpy, one thread). Times are
+  cost of the rotation augmentation (on the device and on the CPU), beside the healpy
+  loop it replaced (one thread). Times are
   wall-clock seconds measured in this run after one warm-up step.
 """
 
@@ -141,7 +142,7 @@ def _epoch_seconds(model, x, y, batch_size: int, device: str) -> float:
 def check_epoch(device: str, threads: int, n_maps: int = 1280, channels: int = 42, nside: int = 16,
                 batch_size: int = 16) -> None:
     """One hybrid training epoch at the paper's size, GPU and CPU, and the augmentation's cost."""
-    from cmbscat.experiment.augment import RotationAugmenter
+    from cmbscat.experiment.augment import RotationAugmenter, random_rotation_angles
     from cmbscat.nn.models import build_model
 
     gen = torch.Generator().manual_seed(0)
@@ -156,16 +157,38 @@ def check_epoch(device: str, threads: int, n_maps: int = 1280, channels: int = 4
            f"{n_maps} maps x {channels} channels at nside {nside}, batch {batch_size}: "
            f"{_device_name(device)} {gpu:.2f} s, CPU ({threads} threads) {cpu:.2f} s, "
            f"ratio {cpu / gpu:.1f}")
-    augmenter = RotationAugmenter(nside)
-    alm = augmenter.to_alm(x[:batch_size].numpy())
-    rng = np.random.default_rng(0)
-    augmenter(alm, rng)
+    coef = RotationAugmenter(nside).to_coefficients(x[:n_maps // 10].numpy()).astype(np.float32)
+    for where in dict.fromkeys([device, "cpu"]):
+        augmenter = RotationAugmenter(nside, device=where)
+        batch = torch.from_numpy(coef[:batch_size]).to(where)
+        rng = np.random.default_rng(0)
+        angles = torch.from_numpy(random_rotation_angles(rng, batch_size))
+        augmenter.rotate_tensor(batch, angles)  # warm-up
+        if where.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(10):
+            maps = augmenter.rotate_tensor(batch, angles)
+        maps.sum().item()
+        per_batch = (time.perf_counter() - t0) / 10
+        report("TIME", f"rotation augmentation on {where}",
+               f"one batch of {batch_size} x {channels} channels {per_batch * 1e3:.1f} ms: "
+               f"{per_batch * n_maps / batch_size:.2f} s per epoch of {n_maps} maps")
+    # the reference it replaced: healpy rotate_alm + alm2map per example and channel
+    import healpy as hp
+
+    from cmbscat.experiment.augment import real_to_alm
+
+    alm = real_to_alm(coef[:batch_size].astype(np.float64), 2 * nside - 1)
     t0 = time.perf_counter()
-    augmenter(alm, rng)
+    for example, (psi, theta, phi) in zip(alm, random_rotation_angles(np.random.default_rng(0), batch_size)):
+        for channel in example:
+            rotated = channel.copy()
+            hp.rotate_alm(rotated, psi, theta, phi, lmax=2 * nside - 1, mmax=2 * nside - 1)
+            hp.alm2map(rotated, nside, lmax=2 * nside - 1, pol=False)
     per_batch = time.perf_counter() - t0
-    report("TIME", "rotation augmentation",
-           f"one batch of {batch_size} x {channels} channels {per_batch:.3f} s on one CPU thread: "
-           f"{per_batch * n_maps / batch_size:.1f} s per epoch of {n_maps} maps")
+    report("TIME", "rotation by healpy loop (reference)",
+           f"one batch of {batch_size} x {channels} channels {per_batch * 1e3:.1f} ms on one CPU thread")
 
 
 def _device_name(device: str) -> str:

@@ -474,12 +474,14 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
 
     x_t = torch.from_numpy(x)
     y_t = torch.from_numpy(labels.astype(np.float32))
-    augmenter, train_alm = None, None
+    augmenter, train_coef, coef_row = None, None, None
     if config.augment:
         from cmbscat.experiment.augment import RotationAugmenter
 
-        augmenter = RotationAugmenter(nside)
-        train_alm = dict(zip(train_idx.tolist(), augmenter.to_alm(x[train_idx])))
+        # harmonic coefficients of the training maps, once, on the training device
+        augmenter = RotationAugmenter(nside, device=device)
+        train_coef = torch.from_numpy(augmenter.to_coefficients(x[train_idx]).astype(np.float32)).to(device)
+        coef_row = {int(i): k for k, i in enumerate(train_idx)}
 
     def run_epoch(indices, train: bool, generator=None, rotations=None):
         model.train(train)
@@ -495,8 +497,8 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
             local = batch[rows]
             if rotations is not None:  # each example under its own random rotation
                 angles = random_rotation_angles(rotations, len(batch))  # for the whole global batch
-                xb = torch.from_numpy(augmenter.rotate(np.stack([train_alm[i] for i in local.tolist()]),
-                                                       angles[rows])).to(device)
+                coef = train_coef[torch.as_tensor([coef_row[i] for i in local.tolist()], device=device)]
+                xb = augmenter.rotate_tensor(coef, torch.from_numpy(angles[rows]))
             else:
                 xb = x_t[local].to(device)
             yb = y_t[local].to(device)
