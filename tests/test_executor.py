@@ -28,8 +28,26 @@ def _per_map_files(out, workers, executor=None):
     return files
 
 
+def _one_process_files(out):
+    """The same outputs from the stage commands run whole, one process each, one OpenMP
+    thread as the shard tasks have (the pytest process's thread state is the suite's)."""
+    out.mkdir()
+    sim = SMOKE["simulate"]
+    files = []
+    for split in ("train", "test"):
+        sims, scat, stats = (out / f"{kind}_{split}.h5" for kind in ("sims", "scat", "stats"))
+        run_cli("simulate", sims, "--n-maps", sim[f"n_{split}"], "--nside", sim["nside"],
+                "--lmax", sim["lmax"], "--fnl", sim["fnl"], "--seed", sim[f"seed_{split}"],
+                "--store", "alm", "--no-progress", check=True, env={"OMP_NUM_THREADS": "1"})
+        run_cli("scatter", sims, scat, "--depth", "2", "--J0", "3", "--odd", "--no-progress",
+                check=True, env={"OMP_NUM_THREADS": "1"})
+        run_cli("stats", sims, stats, "--no-progress", check=True, env={"OMP_NUM_THREADS": "1"})
+        files += [sims, scat, stats]
+    return files
+
+
 def test_local_cluster_of_two_workers_writes_the_files_of_one_process(tmp_path):
-    one = _per_map_files(tmp_path / "one", workers=1)
+    one = _one_process_files(tmp_path / "one")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster:
         with ShardExecutor("dask", scheduler=cluster.scheduler_address) as executor:
