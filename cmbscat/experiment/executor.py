@@ -44,13 +44,23 @@ def check_executor_options(kind: str, scheduler: str | None, slurm: bool) -> Non
         raise CmbscatError("give --scheduler or --slurm, not both")
 
 
+def one_thread_env() -> dict:
+    """This process's environment with one OpenMP / MKL thread, for ``cmbscat`` subprocesses
+    that run side by side."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def last_error_line(stderr: str, returncode: int) -> str:
+    """The last line a failed ``cmbscat`` subprocess wrote to stderr (its one-line error)."""
+    lines = stderr.strip().splitlines()
+    return lines[-1] if lines else f"exit status {returncode}"
+
+
 def run_command(args: list[str]) -> tuple[int, str]:
     """Run ``python -m cmbscat ARGS`` with one OpenMP thread; (exit status, last stderr line)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "cmbscat", *args], env=env,
+    proc = subprocess.run([sys.executable, "-m", "cmbscat", *args], env=one_thread_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines = proc.stderr.strip().splitlines()
-    return proc.returncode, (lines[-1] if lines else f"exit status {proc.returncode}")
+    return proc.returncode, last_error_line(proc.stderr, proc.returncode)
 
 
 class ShardExecutor:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -182,7 +181,9 @@ class Runner:
                 stage.run()
                 self._record(stage, time.time() - t0)
             return
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        from cmbscat.experiment.executor import last_error_line, one_thread_env
+
+        env = one_thread_env()
         running: list[tuple[Stage, subprocess.Popen, float]] = []
         pending = list(todo)
         try:
@@ -200,9 +201,8 @@ class Runner:
                     running.remove(item)
                     err = proc.stderr.read()
                     if proc.returncode != 0:
-                        last = (err.strip().splitlines()[-1] if err.strip()
-                                else f"exit status {proc.returncode}")
-                        raise CmbscatError(f"[{stage.name}] failed: {last}")
+                        raise CmbscatError(f"[{stage.name}] failed: "
+                                           f"{last_error_line(err, proc.returncode)}")
                     self._record(stage, time.time() - t0)
         finally:
             for _, proc, _ in running:  # an error or Ctrl-C: stop the others (they resume)
