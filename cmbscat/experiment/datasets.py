@@ -15,17 +15,43 @@ import numpy as np
 from tqdm import tqdm
 
 from cmbscat.errors import CmbscatError
-from cmbscat.sky.source import open_source
+from cmbscat.sky.source import open_source, stored_fnl
 from cmbscat.store import file_kind, require_kind
 
-__all__ = ["file_kind", "require_kind", "read_labels", "scattering_inputs", "iter_alm", "lowres_maps",
-           "band_limit", "classical_features"]
+__all__ = ["file_kind", "require_kind", "read_labels", "read_fnl", "scattering_inputs", "iter_alm",
+           "lowres_maps", "band_limit", "classical_features"]
 
 
 def read_labels(path: str | Path) -> np.ndarray:
     """Labels (int64, (N,)) of a sims, scattering or statistics file."""
     with h5py.File(path, "r") as f:
         return f["labels"][()].astype(np.int64)
+
+
+def read_fnl(path: str | Path) -> np.ndarray:
+    """Each map's true local f_NL (float64, (N,), dimensionless) of a sims, scattering or
+    statistics file: its ``/fnl`` (NaN for a map whose f_NL is unknown, e.g. a FITS input).
+
+    A sims file made before ``/fnl`` existed gives ``labels * fnl`` from its attributes
+    (0 for a g_NL file; :func:`cmbscat.sky.source.stored_fnl`). Any other file without
+    ``/fnl`` is refused in one line: the stage that made it must be run again.
+    """
+    kind = require_kind(path, ("sims", "scattering", "stats"), "reading f_NL")
+    with h5py.File(path, "r") as f:
+        labels = np.asarray(f["labels"][()]) if "labels" in f else None
+        if "fnl" in f:
+            fnl = np.asarray(f["fnl"][()], dtype=np.float64)
+        elif kind == "sims":
+            fnl = stored_fnl(f, labels)
+            if fnl is None:
+                raise CmbscatError(f"{path} has no /fnl and no ng_model/fnl attributes to recover "
+                                   "each map's f_NL from")
+        else:
+            raise CmbscatError(f"{path} has no /fnl (made before per-map f_NL existed); rerun its stage "
+                               "(delete it first: the stage finds an existing output complete)")
+    if labels is not None and fnl.shape != labels.shape:
+        raise CmbscatError(f"{path}: /fnl has shape {fnl.shape}, expected {labels.shape} (one per map)")
+    return fnl
 
 
 def _require_finite(x: np.ndarray, path: str | Path, what: str) -> np.ndarray:

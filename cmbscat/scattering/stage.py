@@ -6,6 +6,7 @@ Reads a sims file (DESIGN.md layout: ``/alm`` and/or ``/maps``, ``/labels``,
     /coeffs  float32 (N, C, npix_out)  S[p] f in RING order at nside_out, unit of the input (uK)
     /labels  int8 (N,)                 copied (-1 for a FITS map)
     /seeds   int64 (N,)                copied (-1 for a FITS map)
+    /fnl     float64 (N,)              each map's local f_NL, copied (:attr:`Source.fnl`; NaN unknown)
     /paths   int64 (P, depth)          scale index j of each step of each S[p] channel's path, -1 padded
     /odd_pairs int64 (K, 2)            (j1, j2) of each odd channel C[j1, j2] (``odd=True`` only;
                                        j1 = -1: the scaling band); channel P + k is C[odd_pairs[k]],
@@ -139,7 +140,8 @@ def scatter(in_path: str | Path, out_path: str | Path, depth: int = 2, J0: int |
                                   "/paths' in /odd_pairs order; j1 = -1: the scaling band f*Phi"),
             "cmbscat_version": __version__,
         }
-        writer.finalize(per_item={"labels": source.labels[start:stop], "seeds": source.seeds[start:stop]},
+        writer.finalize(per_item={"labels": source.labels[start:stop], "seeds": source.seeds[start:stop],
+                                  "fnl": source.fnl[start:stop]},
                         whole={"paths": sc.paths_array(),
                                **({"odd_pairs": sc.odd_pairs_array()} if odd else {})}, attrs=attrs)
         return computed

@@ -81,19 +81,37 @@ class LocalFNL:
     fnl : f_NL (dimensionless); 0 gives back the Gaussian field.
 
     The transfer function and constants are computed once here; :meth:`__call__`
-    costs one ``alm2map`` and one ``map2alm`` (iter=0) at (nside, lmax).
+    costs one ``alm2map`` and one ``map2alm`` (iter=0) at (nside, lmax). The costly
+    constant, D_l (``quadratic_cl``, a Gauss-Legendre quadrature), does not depend on
+    f_NL: :meth:`with_fnl` gives the model at another f_NL sharing it.
     """
 
     def __init__(self, cl: np.ndarray, nside: int, fnl: float):
         self.cl = np.asarray(cl, dtype=np.float64)
         self.lmax = len(self.cl) - 1
         self.nside = int(nside)
-        self.fnl = float(fnl)
-        self.a = 3.0 * self.fnl / T_CMB_UK            # 1/uK
         self.sigma2 = pixel_variance(self.cl)         # uK^2
         self.quadratic_cl = squared_field_cl(self.cl)  # uK^4, spectrum of g^2
+        self.quadratic_cl.flags.writeable = False     # shared by the models of with_fnl
+        self._set_fnl(fnl)
+
+    def _set_fnl(self, fnl: float) -> None:
+        """The f_NL-dependent part: a, the transfer function sqrt(C_l / (C_l + a^2 D_l))."""
+        self.fnl = float(fnl)
+        self.a = 3.0 * self.fnl / T_CMB_UK            # 1/uK
         self.transfer = matching_transfer(self.cl, self.cl + self.a**2 * self.quadratic_cl)
         self._transfer_alm = self.transfer[alm_ell_m(self.lmax)[0]]
+
+    def with_fnl(self, fnl: float) -> "LocalFNL":
+        """The same model at f_NL ``fnl``: bitwise ``LocalFNL(self.cl, self.nside, fnl)``, but
+        sharing this one's ``cl``, ``sigma2`` and D_l (``quadratic_cl``, read-only), so it
+        costs only the transfer function: a square root of lmax + 1 numbers, spread over
+        the a_lm. ``self`` is unchanged."""
+        other = object.__new__(type(self))
+        other.cl, other.lmax, other.nside = self.cl, self.lmax, self.nside
+        other.sigma2, other.quadratic_cl = self.sigma2, self.quadratic_cl
+        other._set_fnl(fnl)
+        return other
 
     def quadratic_alm(self, g_map: np.ndarray) -> np.ndarray:
         """a_lm (up to lmax) of g^2 - <g^2> for a map g in uK (RING, npix of self.nside)."""

@@ -5,12 +5,17 @@ through :func:`open_source`, so they accept and refuse the same files:
 
 * a sims file in the DESIGN.md layout, whoever wrote it: ``/labels`` with ``/alm``
   (complex, healpy order at attribute ``lmax``) and/or ``/maps`` (RING at attribute
-  ``nside``); ``/seeds`` optional. Recognised by its datasets
+  ``nside``); ``/seeds`` and ``/fnl`` (each map's f_NL) optional. Recognised by its datasets
   (:func:`cmbscat.store.file_kind`), not by cmbscat's own ``kind`` attribute;
 * a HEALPix FITS map (``healpy.read_map``), one unlabelled map.
 
 Non-finite a_lm or pixels are refused with a one-line error naming the map: they
 would otherwise flow silently into every statistic.
+
+Each map's f_NL (:attr:`Source.fnl`) is the file's ``/fnl``; a sims file made before
+``/fnl`` existed has one f_NL for its non-Gaussian class, so its maps' are recovered
+from the labels and attributes (:func:`stored_fnl`); NaN where unknown (FITS maps, a
+file with neither). The per-map stages copy it into their outputs beside the labels.
 """
 
 from __future__ import annotations
@@ -43,6 +48,12 @@ class Source:
     labels: np.ndarray   # int8 (N,); -1 = unlabelled
     seeds: np.ndarray    # int64 (N,); -1 = unknown
     fits_map: np.ndarray | None = None
+    fnl: np.ndarray | None = None  # float64 (N,): each map's local f_NL; NaN = unknown (None: all)
+
+    def __post_init__(self):
+        n = int(np.asarray(self.labels).size)
+        self.fnl = (np.full(n, np.nan) if self.fnl is None
+                    else np.asarray(self.fnl, dtype=np.float64).reshape(n))
 
     @property
     def n_maps(self) -> int:
@@ -95,6 +106,32 @@ class Source:
             raise CmbscatError(f"{self.path}: map {index} has non-finite {what} (NaN or inf)")
 
 
+def stored_fnl(f: h5py.File, labels: np.ndarray) -> np.ndarray | None:
+    """Each map's local f_NL (float64, (N,), dimensionless) of an open sims file, or None.
+
+    ``/fnl`` when the file has it. A file made before ``/fnl`` existed has one f_NL per
+    file: with attribute ``ng_model`` "local" (or none) it is ``labels * fnl`` (attribute
+    ``fnl``, else the contract's ``ng_amplitude``), with "gnl" it is 0; None when the
+    attributes do not tell (a file from another program without them).
+    """
+    if "fnl" in f:
+        return np.asarray(f["fnl"][()], dtype=np.float64)
+    model = f.attrs.get("ng_model", "local")
+    model = model.decode() if isinstance(model, bytes) else str(model)
+    if model == "gnl":
+        return np.zeros(labels.size)
+    if model != "local":
+        return None
+    amplitude = f.attrs.get("fnl", f.attrs.get("ng_amplitude"))
+    try:
+        amplitude = float(amplitude)
+    except (TypeError, ValueError):
+        return None
+    if not np.isfinite(amplitude):
+        return None
+    return np.asarray(labels, dtype=np.float64) * amplitude
+
+
 def _is_fits(path: Path) -> bool:
     """FITS by its first card, or a gzipped file named *.fits.gz / *.fit.gz (healpy reads both)."""
     with open(path, "rb") as f:
@@ -128,7 +165,11 @@ def open_source(path: str | Path, purpose: str = "this stage") -> Source:
             if f[dataset].shape != expected:
                 raise CmbscatError(f"{path}: /{dataset} has shape {f[dataset].shape}, expected "
                                    f"{expected} for nside {nside}, lmax {lmax}")
-        return Source(path, "sims", dataset, nside, lmax, labels, seeds)
+            if "fnl" in f and f["fnl"].shape != labels.shape:
+                raise CmbscatError(f"{path}: /fnl has shape {f['fnl'].shape}, expected {labels.shape} "
+                                   "(one f_NL per map)")
+            fnl = stored_fnl(f, labels)
+        return Source(path, "sims", dataset, nside, lmax, labels, seeds, fnl=fnl)
     if _is_fits(path):
         try:
             m = hp.read_map(str(path), field=0, dtype=np.float64)

@@ -7,7 +7,8 @@ so that training several of them (and several seeds) never synthesises a map twi
     /onepoint   float64 (N, 2)                 skewness, excess kurtosis of the map
     /cubic      float64 (N, 1)                 the locally optimal cubic statistic S
     /minkowski  float64 (N, 3, n_thresholds)   V0, V1, V2 of the normalised map
-    /labels, /seeds                            copied from the source
+    /labels, /seeds, /fnl                      copied from the source (/fnl: each map's f_NL,
+                                               float64, NaN unknown; :attr:`Source.fnl`)
     /powspec_edges int (n_bins + 1,), /thresholds float64 (n_thresholds,)
     attrs       kind="stats", nside, lmax, source ("<name> content-sha256:<hex>"), cl_source, ...
 
@@ -96,7 +97,8 @@ def compute_stats(in_path: str | Path, out_path: str | Path, lmax: int | None = 
                                  "8 pi^2) of u = (T - mean)/std at /thresholds (Schmalzing & Gorski 1998)",
             "minkowski_width": statistics.minkowski_width,
         }
-        writer.finalize(per_item={"labels": source.labels[start:stop], "seeds": source.seeds[start:stop]},
+        writer.finalize(per_item={"labels": source.labels[start:stop], "seeds": source.seeds[start:stop],
+                                  "fnl": source.fnl[start:stop]},
                         whole={"powspec_edges": statistics.powspec_edges, "thresholds": statistics.thresholds},
                         attrs=attrs)
         return computed
