@@ -83,24 +83,37 @@ def main():
                    "(skewness), gnl = cubic local g_NL (kurtosis, no skewness).")
 @click.option("--store", type=click.Choice(["alm", "maps", "both"]), default="both",
               help="Write /alm (complex64, band-limited truth), /maps (float32, RING, uK), or both.")
+@click.option("--fnl-dist", "fnl_dist", default=None, metavar="SPEC",
+              help="Give each map its own local f_NL, drawn from SPEC, instead of one --fnl "
+                   "(regression data): uniform:LO,HI (uniform on [LO, HI), LO < HI), "
+                   "normal:MU,SD (Gaussian, SD > 0), or grid:V1,V2,... (map i gets V[i % K]: "
+                   "every value equally often, for test sets binned by f_NL). Random draws use "
+                   "each map's own seed, so a map's f_NL does not depend on --n-maps or --shard. "
+                   "Each map's f_NL is stored in /fnl and its label is 1 where f_NL != 0, 0 "
+                   "where f_NL = 0 (a Gaussian map); --n-maps need not be even. Needs "
+                   "--ng-model local; not with --fnl.")
 @_shard_option
 @_progress_option
-def simulate(out, n_maps, nside, lmax, fnl, gnl, seed, ng_model, store, shard, progress):
+def simulate(out, n_maps, nside, lmax, fnl, gnl, seed, ng_model, store, fnl_dist, shard, progress):
     """Simulate Gaussian and non-Gaussian CMB skies into the HDF5 file OUT.
 
     Gaussian a_lm follow the Planck 2018 best-fit lensed TT spectrum (uK). The
     non-Gaussian class is T = g - 3 f_NL (g^2 - <g^2>) / T_CMB (--ng-model local)
     or T = g + 9 g_NL g^3 / T_CMB^2 (--ng-model gnl), rescaled by a fixed
     harmonic transfer function so both classes have the same expected power
-    spectrum. Re-running the same command resumes an interrupted run.
+    spectrum. With --fnl-dist each map has its own f_NL (stored in /fnl).
+    Re-running the same command resumes an interrupted run.
     """
+    from cmbscat.sky.fnl_distribution import FnlDistribution
     from cmbscat.sky.simulate import SimulationConfig, resolve_ng_amplitudes
     from cmbscat.sky.simulate import simulate as run
     from cmbscat.store import Shard
 
-    fnl, gnl = resolve_ng_amplitudes(ng_model, fnl, gnl)
+    # given, even empty, it must parse (one-line error naming the problem); canonical form kept
+    fnl_dist = "" if fnl_dist is None else FnlDistribution.parse(fnl_dist).spec
+    fnl, gnl = resolve_ng_amplitudes(ng_model, fnl, gnl, fnl_dist)
     config = SimulationConfig(n_maps=n_maps, nside=nside, lmax=lmax, fnl=fnl, seed=seed,
-                              ng_model=ng_model, store=store, gnl=gnl)
+                              ng_model=ng_model, store=store, gnl=gnl, fnl_dist=fnl_dist)
     n_new = run(out, config, shard=Shard.parse(shard) if shard else None, progress=progress)
     click.echo(f"wrote {out} ({n_new} maps computed now)" if n_new else f"{out} is already complete",
                err=True)
@@ -191,7 +204,7 @@ def stats(source, out, lmax, shard, progress):
 @click.argument("data", type=click.Path(dir_okay=False))
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--model", type=click.Choice(["hybrid", "baseline", "powspec", "onepoint", "cubic",
-                                           "minkowski"]),
+                                           "minkowski", "cubic_fisher"]),
               default="hybrid",
               help="hybrid: DISCO CNN on scattering coefficients (DATA from cmbscat scatter); "
                    "baseline: the same kind of CNN on the raw map cut to --baseline-lmax at "
@@ -200,7 +213,8 @@ def stats(source, out, lmax, shard, progress):
                    "cmbscat stats, or a sims file: computed on the fly): powspec (binned power "
                    "spectrum), onepoint (skewness, kurtosis), cubic (the locally optimal cubic "
                    "statistic, the limit for local f_NL), minkowski (area, boundary length and "
-                   "genus at 13 thresholds).")
+                   "genus at 13 thresholds); with --target fnl only: cubic_fisher (the anchor, "
+                   "f_NL = S / F with F the cubic statistic's Fisher information; nothing fitted).")
 @click.option("--epochs", type=int, default=30, help="Training epochs (networks only).")
 @click.option("--batch-size", type=int, default=16, help="Maps per optimisation step.")
 @click.option("--lr", type=float, default=2e-3, help="Peak learning rate (AdamW, cosine decay).")
@@ -230,13 +244,20 @@ def stats(source, out, lmax, shard, progress):
 @click.option("--channels", type=click.Choice(["all", "even"]), default="all", show_default=True,
               help="Hybrid: all channels of DATA, or only its S[p] channels (even in the map), "
                    "leaving out the odd channels of a file scattered with --odd.")
+@click.option("--target", type=click.Choice(["label", "fnl"]), default="label", show_default=True,
+              help="label: classify Gaussian against non-Gaussian maps (/labels). fnl: estimate "
+                   "each map's f_NL (/fnl, from cmbscat simulate --fnl-dist) with an error bar: "
+                   "the networks output a mean and a log sigma trained with the Gaussian "
+                   "negative log-likelihood, the classical statistics get a small MLP with the "
+                   "same likelihood; sigma is calibrated on the validation split.")
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
 @_progress_option
 def train(data, run_dir, model, epochs, batch_size, lr, weight_decay, val_fraction, seed,
-          baseline_nside, baseline_lmax, patience, augment, precise_bn, max_maps, channels, device,
-          progress):
-    """Train a classifier on DATA into RUN_DIR (checkpoints, curves, config).
+          baseline_nside, baseline_lmax, patience, augment, precise_bn, max_maps, channels, target,
+          device, progress):
+    """Train a classifier (or, with --target fnl, an f_NL estimator) on DATA into RUN_DIR
+    (checkpoints, curves, config).
 
     Inputs are standardised with statistics of the training split only, saved with
     the model. The best epoch (lowest validation loss) is kept as model.pt; an
@@ -249,17 +270,23 @@ def train(data, run_dir, model, epochs, batch_size, lr, weight_decay, val_fracti
                          weight_decay=weight_decay, val_fraction=val_fraction, seed=seed,
                          baseline_nside=baseline_nside, baseline_lmax=baseline_lmax,
                          patience=patience, augment=augment, precise_bn=precise_bn, max_maps=max_maps,
-                         channels=channels)
+                         channels=channels, target=target)
     summary = run(run_dir, config, device=device, progress=progress)
-    click.echo(f"{run_dir}: {model} trained, validation accuracy {summary['val_accuracy']:.3f}",
-               err=True)
+    if target == "fnl":
+        score = (f"validation f_NL rms error {summary['val_rmse']:.3g}" if "val_rmse" in summary
+                 else f"f_NL sigma {summary['sigma_fnl']:.3g} (Fisher)")
+        click.echo(f"{run_dir}: {model} trained to estimate f_NL, {score}", err=True)
+    else:
+        click.echo(f"{run_dir}: {model} trained, validation accuracy {summary['val_accuracy']:.3f}",
+                   err=True)
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.argument("test", type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder for metrics.json, scores.npy and roc.png [default: RUN_DIR].")
+              help="Folder for metrics.json, scores.npy and roc.png (f_NL estimators: "
+                   "predictions.npy and fnl.png) [default: RUN_DIR].")
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
 @_progress_option
@@ -268,11 +295,21 @@ def evaluate(run_dir, test, out_dir, device, progress):
 
     Writes metrics.json (accuracy with its 68 % Wilson interval, ROC AUC, confusion
     matrix [[TN, FP], [FN, TP]], n, and the hashes of the model file and of TEST),
-    scores.npy (logits, float64) and roc.png.
+    scores.npy (logits, float64) and roc.png. For an f_NL estimator (trained with
+    --target fnl) against TEST's /fnl: bias and sigma(f_NL) in bins of true f_NL, the
+    coverage of the predicted 68 % and 95 % intervals (metrics.json), predictions.npy
+    (mean and sigma, float64 (N, 2)) and fnl.png (predicted against true).
     """
     from cmbscat.experiment.evaluate import evaluate as run
 
     m = run(run_dir, test, out_dir, device=device, progress=progress)
+    if m.get("target") == "fnl":
+        zero = m["at_zero"]
+        at_zero = f", sigma at f_NL = 0: {zero['sigma_fnl']:.3g}" if zero else ""
+        click.echo(f"{run_dir} on {test}: f_NL bias {m['bias']:.3g}, rms error {m['rmse']:.3g}"
+                   f"{at_zero}, coverage {100 * m['coverage68']:.1f} % (68 %) / "
+                   f"{100 * m['coverage95']:.1f} % (95 %), n = {m['n']}", err=True)
+        return
     low, high = m["accuracy_interval68"]
     auc = f"{m['auc']:.3f}" if m["auc"] is not None else "n/a (one class)"
     click.echo(f"{run_dir} on {test}: accuracy {m['accuracy']:.3f} (68 % Wilson interval "

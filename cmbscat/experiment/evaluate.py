@@ -4,6 +4,11 @@
 the run's model file) and ``test_sha256`` (the test file's content hash,
 :func:`cmbscat.store.content_hash`), so a stale result can be recognised.
 ``scores.npy`` holds the logits (float64), which the AUC ranks.
+
+A run trained with ``--target fnl`` is scored against the test file's ``/fnl``
+instead (:mod:`cmbscat.experiment.fnl_metrics`): bias and sigma(f_NL) in bins of true
+f_NL, the coverage of the predicted 68 % and 95 % intervals; ``predictions.npy``
+(float64 (N, 2): mean and sigma of f_NL) and ``fnl.png`` (predicted against true).
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ def evaluation_record(run_dir: str | Path, data: str | Path) -> dict:
 
 
 def network_logits(model, x: np.ndarray, device: str, batch_size: int = 32) -> np.ndarray:
-    """Logits (float64, (N,)) of a torch ``model`` on inputs ``x`` (N, C, npix), in batches."""
+    """Outputs (float64, (N,) logits, or (N, n_outputs)) of a torch ``model`` on inputs
+    ``x`` (N, C, npix), in batches."""
     import torch
 
     out = []
@@ -54,10 +60,42 @@ def network_logits(model, x: np.ndarray, device: str, batch_size: int = 32) -> n
     return torch.cat(out).numpy()
 
 
+def predict_fnl(run_dir: str | Path, data: str | Path, device: str = "auto", batch_size: int = 32,
+                progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, sigma) of f_NL (float64 (N,) each) of every map of ``data`` from a run
+    trained with ``--target fnl``; sigma includes the run's validation calibration."""
+    config, model_path = load_run(run_dir)
+    if config.get("target", "label") != "fnl":
+        raise CmbscatError(f"{run_dir} is a classifier (trained with --target label), not an f_NL estimator")
+    if config["model"] in CLASSICAL_MODELS:
+        with open(model_path, "rb") as f:
+            saved = pickle.load(f)
+        x, _ = model_inputs(config["model"], str(data), saved.get("meta"), progress=progress)
+        return saved["estimator"].predict(x)
+
+    import torch
+
+    from cmbscat.experiment.fnl_estimators import TargetScaling
+    from cmbscat.nn.models import build_model
+
+    device = resolve_device(device)
+    saved = torch.load(model_path, map_location="cpu", weights_only=False)
+    x, _ = model_inputs(config["model"], str(data), saved["meta"], progress)
+    x = (x - saved["mean"]) / saved["std"]
+    model = build_model(saved["kind"], saved["in_channels"], saved["nside"], saved["n_outputs"])
+    model.load_state_dict(saved["model"])
+    model.to(device).eval()
+    output = network_logits(model, x, device, batch_size)
+    mean, sigma = TargetScaling(saved["target_mean"], saved["target_std"]).to_fnl(output)
+    return mean, sigma * saved["calibration"]
+
+
 def predict(run_dir: str | Path, data: str | Path, device: str = "auto", batch_size: int = 32,
             progress: bool = True) -> np.ndarray:
     """Logit (log-odds of the non-Gaussian class) of each map of ``data``, float64 (N,)."""
     config, model_path = load_run(run_dir)
+    if config.get("target", "label") != "label":
+        raise CmbscatError(f"{run_dir} estimates f_NL (--target {config['target']}); it gives no logits")
     if config["model"] in CLASSICAL_MODELS:
         with open(model_path, "rb") as f:
             saved = pickle.load(f)
@@ -108,6 +146,8 @@ def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path | None =
         raise CmbscatError(f"no such file: {data}")
     config, _ = load_run(run_dir)
     require_kind(data, MODEL_INPUTS[config["model"]], f"evaluating --model {config['model']}")
+    if config.get("target", "label") == "fnl":
+        return evaluate_fnl(run_dir, data, config, out_dir, device, progress, t0)
     labels = read_labels(data)
     if np.any(labels < 0):
         raise CmbscatError(f"{data} has maps without labels (e.g. a single FITS map); "
@@ -127,5 +167,36 @@ def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path | None =
     os.replace(out / "scores.npy.tmp", out / "scores.npy")
     plot_roc(out / "roc.png", labels, logits,
              f"{config['model']}: AUC {metrics['auc']:.3f}" if metrics["auc"] is not None else config["model"])
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    return metrics
+
+
+def evaluate_fnl(run_dir, data, config: dict, out_dir=None, device: str = "auto", progress: bool = True,
+                 t0: float | None = None) -> dict:
+    """The f_NL estimator's metrics (:func:`regression_metrics`) on ``data``: ``metrics.json``,
+    ``predictions.npy`` (float64 (N, 2): mean, sigma) and ``fnl.png``."""
+    from cmbscat.experiment.datasets import read_fnl
+    from cmbscat.experiment.fnl_metrics import plot_predicted_vs_true, regression_metrics
+
+    t0 = time.time() if t0 is None else t0
+    true = read_fnl(data)
+    if not np.all(np.isfinite(true)):
+        raise CmbscatError(f"{data} has maps without a known f_NL (e.g. a FITS map); "
+                           "evaluating an f_NL estimator needs test maps with /fnl")
+    record = evaluation_record(run_dir, data)
+    mean, sigma = predict_fnl(run_dir, data, device, progress=progress)
+    metrics = regression_metrics(true, mean, sigma)
+    metrics.update({"target": "fnl", "model": config["model"], "seed": config.get("seed"),
+                    "test_file": str(data), **record, "wall_seconds": time.time() - t0})
+    out = Path(out_dir) if out_dir else Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").unlink(missing_ok=True)  # never beside another evaluation's predictions
+    with open(out / "predictions.npy.tmp", "wb") as f:
+        np.save(f, np.stack([mean, sigma], axis=1))
+    os.replace(out / "predictions.npy.tmp", out / "predictions.npy")
+    zero = metrics["at_zero"]
+    title = f"{config['model']}: " + (f"sigma(f_NL = 0) {zero['sigma_fnl']:.2f}, " if zero else "") + \
+        f"68 % coverage {100 * metrics['coverage68']:.1f} %"
+    plot_predicted_vs_true(out / "fnl.png", true, mean, sigma, title)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return metrics

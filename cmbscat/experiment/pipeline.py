@@ -23,6 +23,12 @@ by side in one-thread processes on the CPU, then the evaluations.
 The sealed test set (config ``simulate.n_sealed`` / ``seed_sealed``) is touched only
 with ``sealed=True``, for the final table of a release; each evaluation on it is
 logged in ``sealed_log.json``.
+
+A config with ``"target": "fnl"`` estimates f_NL instead of classifying
+(``pipelines/fnl_regression.json``): each split's maps get their f_NL from
+``simulate.fnl_dist_<split>`` (``cmbscat simulate --fnl-dist``), every model is
+trained with ``--target fnl``, and the table reads every sigma against the cubic
+statistic's (:mod:`cmbscat.experiment.fnl_report`).
 """
 
 from __future__ import annotations
@@ -401,16 +407,20 @@ class Experiment:
 
         n_maps, seed = _split_sizes(self.sim, split)
         ng_model = self.sim.get("ng_model", "local")
+        fnl_dist = self.sim.get(f"fnl_dist_{split}", "")  # per-map f_NL (regression configs)
         config = SimulationConfig(n_maps=n_maps, nside=self.sim["nside"], lmax=self.sim["lmax"],
                                   fnl=self.sim.get("fnl", 0.0), seed=seed, ng_model=ng_model,
-                                  store=self.sim.get("store", "alm"), gnl=self.sim.get("gnl", 0.0))
+                                  store=self.sim.get("store", "alm"), gnl=self.sim.get("gnl", 0.0),
+                                  fnl_dist=fnl_dist)
         config.validate()
         path, shards = self.sims_path(split), shard_paths_for(self.sims_path(split), self.workers)
 
         def run():
             if self.workers > 1:
+                amplitudes = ({"fnl_dist": config.fnl_dist} if config.fnl_dist else
+                              {"fnl": config.fnl, "gnl": config.gnl})
                 flags = _cli_flags({"n_maps": config.n_maps, "nside": config.nside, "lmax": config.lmax,
-                                    "ng_model": config.ng_model, "fnl": config.fnl, "gnl": config.gnl,
+                                    "ng_model": config.ng_model, **amplitudes,
                                     "seed": config.seed, "store": config.store})
                 run_sharded("simulate", flags, path, config.n_maps, self.workers, self.progress,
                             self.executor)
@@ -472,6 +482,8 @@ class Experiment:
         from cmbscat.experiment.train import TrainConfig
 
         settings = {k: v for k, v in self.cfg["models"][model].items() if k not in ("seeds", "seed")}
+        if self.cfg.get("target", "label") != "label":
+            settings.setdefault("target", self.cfg["target"])
         unknown = sorted(set(settings) - set(TrainConfig.__dataclass_fields__) - {"data", "model"})
         if unknown:
             raise CmbscatError(f"models.{model} in the config has unknown settings: {', '.join(unknown)}")
@@ -574,6 +586,14 @@ def _load_result(exp: Experiment, model: str, split: str) -> ModelResult:
                        read_labels(exp.data_path(model, split)))
 
 
+def _load_fnl_result(exp: Experiment, model: str, split: str):
+    from cmbscat.experiment.fnl_report import load_fnl_result
+
+    seeds = model_seeds(exp.cfg["models"][model])
+    return load_fnl_result(model, seeds, [exp.eval_dir(model, seed, split) for seed in seeds],
+                           exp.data_path(model, split))
+
+
 def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool = True,
                  only: list[str] | None = None, rerun_changed: bool = False,
                  sealed: bool = False, executor=None) -> Path:
@@ -593,7 +613,13 @@ def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool =
     table = Path(cfg.get("table", Path(cfg["out"]) / "table.md"))
     table.parent.mkdir(parents=True, exist_ok=True)
     timings = Runner(Path(cfg["out"])).timings
-    atomic_write_text(table, results_table(cfg, results, timings))
+    if cfg.get("target") == "fnl":
+        from cmbscat.experiment.fnl_report import fnl_table, plot_fnl_methods
+
+        atomic_write_text(table, fnl_table(cfg, results["test"], timings))
+        plot_fnl_methods(table.with_suffix(".png"), results["test"])
+    else:
+        atomic_write_text(table, results_table(cfg, results, timings))
     click.echo(table.read_text(), err=True)
     return table
 
@@ -633,7 +659,8 @@ def run_experiment(cfg: dict, device: str = "auto", progress: bool = True,
     runner.settle_parallel(trainings, exp.train_workers)
     for stage in evaluations:
         runner.settle(stage)
-    return {split: {m: _load_result(exp, m, split) for m in models} for split in splits}
+    load = _load_fnl_result if cfg.get("target") == "fnl" else _load_result
+    return {split: {m: load(exp, m, split) for m in models} for split in splits}
 
 
 def current_results(cfg: dict, split: str = "test") -> dict[str, ModelResult]:

@@ -21,6 +21,14 @@ band limit), and the classical ones, a logistic regression on one statistic
 computed from a sims file: ``powspec`` (binned power spectrum), ``onepoint``
 (skewness and kurtosis), ``cubic`` (the locally optimal cubic statistic, the limit
 for local f_NL) and ``minkowski`` (the three Minkowski functionals at 13 thresholds).
+
+Targets: ``label`` (default), a classifier of Gaussian against non-Gaussian maps;
+``fnl``, an estimator of each map's f_NL (``/fnl`` of the file, ``cmbscat simulate
+--fnl-dist``) with a predicted error (:mod:`cmbscat.experiment.fnl_estimators`): the
+networks output a mean and a log sigma trained with the Gaussian likelihood, the
+classical statistics get a small MLP with the same likelihood, and ``cubic_fisher``
+(regression only) is the anchor S / F, fitted to nothing. Every fitted estimator's
+sigma is calibrated on the validation split.
 """
 
 from __future__ import annotations
@@ -42,7 +50,12 @@ from cmbscat.lock import OutputLock
 from cmbscat.store import atomic_write_text, content_hash, describe_difference, differing_keys
 
 NN_MODELS = ("hybrid", "baseline")
-CLASSICAL_MODELS = ("powspec", "onepoint", "cubic", "minkowski")
+CLASSICAL_MODELS = ("powspec", "onepoint", "cubic", "minkowski", "cubic_fisher")
+#: Models that estimate f_NL only (``--target fnl``): the cubic statistic over its Fisher information.
+FNL_ONLY_MODELS = ("cubic_fisher",)
+#: The statistic each classical model reads (its own name, but for the anchor).
+STATISTIC_OF = {"cubic_fisher": "cubic"}
+TARGETS = ("label", "fnl")
 MODELS = NN_MODELS + CLASSICAL_MODELS
 #: Random-rotation augmentation by default: on for the hybrid (its inputs are band-limited
 #: coefficient maps at low nside, rotated exactly and cheaply in harmonic space).
@@ -85,6 +98,8 @@ class TrainConfig:
     #: "all" the file's channels, or "even": the hybrid on the S[p] channels only of a
     #: scattering file with odd channels (an ablation without recomputing the transform)
     channels: str = "all"
+    #: "label": classify Gaussian vs non-Gaussian; "fnl": estimate each map's f_NL with an error
+    target: str = "label"
 
     def resolved(self) -> "TrainConfig":
         """This configuration with model-dependent defaults filled in."""
@@ -102,6 +117,10 @@ class TrainConfig:
                                    f"got {getattr(self, name)}")
         if self.model not in MODELS:
             raise CmbscatError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.target not in TARGETS:
+            raise CmbscatError(f"--target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if self.model in FNL_ONLY_MODELS and self.target != "fnl":
+            raise CmbscatError(f"--model {self.model} estimates f_NL: use it with --target fnl")
         if self.epochs < 1:
             raise CmbscatError(f"--epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 2:
@@ -169,7 +188,7 @@ def model_inputs(kind: str, path: str, meta: dict | None = None, progress: bool 
     if kind == "baseline":
         nside, lmax = (meta["nside"], meta["lmax"]) if meta else (None, None)
         return datasets.lowres_maps(path, nside, lmax, progress), {"nside": nside, "lmax": lmax}
-    x = datasets.classical_features(path, kind, progress)
+    x = datasets.classical_features(path, STATISTIC_OF.get(kind, kind), progress)
     found = {"lmax": datasets.band_limit(path), "n_features": int(x.shape[1])}
     if meta:  # models saved before this record existed have an empty meta
         for key in ("lmax", "n_features"):
@@ -204,12 +223,14 @@ def plot_curves(run_dir: Path, history: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
+    regression = "val_rmse" in history[0]
+    score = "rmse" if regression else "accuracy"
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for split in ("train", "val"):
         axes[0].plot(epochs, [h[f"{split}_loss"] for h in history], label=split)
-        axes[1].plot(epochs, [h[f"{split}_accuracy"] for h in history], label=split)
-    axes[0].set_ylabel("binary cross-entropy")
-    axes[1].set_ylabel("accuracy")
+        axes[1].plot(epochs, [h[f"{split}_{score}"] for h in history], label=split)
+    axes[0].set_ylabel("Gaussian negative log-likelihood" if regression else "binary cross-entropy")
+    axes[1].set_ylabel("f_NL rms error" if regression else "accuracy")
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.legend()
@@ -352,10 +373,13 @@ def _collective_device(device: str) -> str:
     return device if device.startswith("cuda") else "cpu"
 
 
-def _load_inputs(config: TrainConfig, progress: bool) -> tuple[np.ndarray, dict, np.ndarray]:
-    """(inputs, their geometry, labels) of the training file, as :func:`model_inputs` reads them."""
-    from cmbscat.experiment.datasets import read_labels
+def _load_inputs(config: TrainConfig, progress: bool):
+    """(inputs, their geometry, labels, f_NL) of the training file, as :func:`model_inputs`
+    reads them; f_NL (float64 (N,), ``/fnl``) only for ``--target fnl``, else None."""
+    from cmbscat.experiment.datasets import read_fnl, read_labels
 
+    # the targets first: a file without /fnl is refused before its inputs are read
+    fnl = read_fnl(config.data) if config.target == "fnl" else None
     meta = ({"nside": config.baseline_nside, "lmax": config.baseline_lmax}
             if config.model == "baseline" else None)
     x, meta = model_inputs(config.model, config.data, meta, progress, channels=config.channels)
@@ -365,7 +389,10 @@ def _load_inputs(config: TrainConfig, progress: bool) -> tuple[np.ndarray, dict,
             raise CmbscatError(f"--max-maps {config.max_maps} is above the {len(labels)} maps "
                                f"of {config.data}")
         x, labels = x[:config.max_maps], labels[:config.max_maps]
-    return x, meta, labels
+        fnl = fnl[:config.max_maps] if fnl is not None else None
+    if fnl is not None and not np.all(np.isfinite(fnl)):
+        raise CmbscatError(f"{config.data}: /fnl is not finite for every map")
+    return x, meta, labels, fnl
 
 
 def classical_classifier():
@@ -378,8 +405,10 @@ def classical_classifier():
 
 
 def _train_classical(run_dir: Path, config: TrainConfig, inputs) -> dict:
-    x, meta, labels = inputs
+    x, meta, labels, fnl = inputs
     train_idx, val_idx = split_indices(labels, config.val_fraction, config.seed)
+    if config.target == "fnl":
+        return _fit_fnl_estimator(run_dir, config, x, meta, fnl, train_idx, val_idx)
     classifier = classical_classifier()
     classifier.fit(x[train_idx], labels[train_idx])
     with open(run_dir / "model.pkl.tmp", "wb") as f:
@@ -388,6 +417,30 @@ def _train_classical(run_dir: Path, config: TrainConfig, inputs) -> dict:
     return {"model": config.model, "n_train": int(train_idx.size), "n_val": int(val_idx.size),
             "train_accuracy": float(classifier.score(x[train_idx], labels[train_idx])),
             "val_accuracy": float(classifier.score(x[val_idx], labels[val_idx]))}
+
+
+def _fit_fnl_estimator(run_dir: Path, config: TrainConfig, x, meta, fnl, train_idx, val_idx) -> dict:
+    """A classical statistic's f_NL estimator into ``model.pkl``: the anchor S / F for
+    ``cubic_fisher``, else a :class:`FeatureRegressor` (fitted on the training split,
+    weights chosen and sigma calibrated on the validation split)."""
+    from cmbscat.experiment.fnl_estimators import CubicFisherEstimator, FeatureRegressor
+
+    if config.model == "cubic_fisher":
+        estimator = CubicFisherEstimator(meta["lmax"])
+        fitted = {"fisher_information": estimator.fisher, "sigma_fnl": estimator.sigma}
+    else:
+        estimator = FeatureRegressor(seed=config.seed).fit(x[train_idx], fnl[train_idx],
+                                                            x[val_idx], fnl[val_idx])
+        fitted = {"calibration": estimator.calibration, "best_step": estimator.best_step}
+    with open(run_dir / "model.pkl.tmp", "wb") as f:
+        pickle.dump({"kind": config.model, "target": "fnl", "estimator": estimator, "meta": meta}, f)
+    os.replace(run_dir / "model.pkl.tmp", run_dir / "model.pkl")
+    summary = {"model": config.model, "target": "fnl", "n_train": int(train_idx.size),
+               "n_val": int(val_idx.size), **fitted}
+    for split, idx in (("train", train_idx), ("val", val_idx)):
+        mean, _ = estimator.predict(x[idx])
+        summary[f"{split}_rmse"] = float(np.sqrt(np.mean((mean - fnl[idx]) ** 2)))
+    return summary
 
 
 def resolve_device(device: str) -> str:
@@ -443,17 +496,42 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
                                         unsynced)
     from cmbscat.nn.models import build_model, recompute_batch_norm
 
+    from cmbscat.experiment.fnl_estimators import LOG_SIGMA_BOUNDS, TargetScaling, gaussian_nll
+
     dist = dist or DistributedContext()
     collective = _collective_device(device)
 
-    x, meta, labels = inputs
+    x, meta, labels, fnl = inputs
+    regression = config.target == "fnl"
     train_idx, val_idx = split_indices(labels, config.val_fraction, config.seed)
     mean, std = standardisation(config.model, x[train_idx])
     x = (x - mean) / std
     in_channels, nside = x.shape[1], meta["nside"]
+    if regression:  # targets: f_NL standardised by the training split
+        scaling = TargetScaling.fit(fnl[train_idx])
+        targets = scaling.standardise(fnl).astype(np.float32)
+        target_record = {"target": "fnl", "n_outputs": 2, **scaling.state()}
+
+        def batch_loss(out, yb, reduction):
+            return gaussian_nll(out, yb, reduction)
+
+        def batch_scores(out, yb):  # squared error and squared pull, standardised units
+            out = out.detach().double()
+            err = yb.double() - out[:, 0]
+            pull = err * (-out[:, 1].clamp(*LOG_SIGMA_BOUNDS)).exp()
+            return float((err**2).sum()), float((pull**2).sum())
+    else:
+        targets = labels.astype(np.float32)
+        target_record = {"target": "label", "n_outputs": 1}
+
+        def batch_loss(out, yb, reduction):
+            return F.binary_cross_entropy_with_logits(out, yb, reduction=reduction)
+
+        def batch_scores(out, yb):  # correct predictions
+            return int(((out >= 0).float() == yb).sum()), 0.0
 
     torch.manual_seed(config.seed)
-    model = build_model(config.model, in_channels, nside).to(device)
+    model = build_model(config.model, in_channels, nside, target_record["n_outputs"]).to(device)
     net = model  # what the training steps call: the model, or its DistributedDataParallel wrapper
     if dist.active:
         convert_batch_norm(model)
@@ -473,7 +551,7 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
         torch.set_rng_state(state["torch_rng"])  # dropout masks continue as if uninterrupted
 
     x_t = torch.from_numpy(x)
-    y_t = torch.from_numpy(labels.astype(np.float32))
+    y_t = torch.from_numpy(targets)
     augmenter, train_coef, coef_row = None, None, None
     if config.augment:
         from cmbscat.experiment.augment import RotationAugmenter
@@ -488,7 +566,7 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
         order = indices[torch.randperm(len(indices), generator=generator).numpy()] if train else indices
         if not train:  # validation: each rank scores its share of the maps
             order = order[dist.local_slice(order)]
-        total_loss, correct, used = 0.0, 0, 0
+        total_loss, score, pull2, used = 0.0, 0.0, 0.0, 0
         for lo in range(0, len(order), config.batch_size):
             batch = order[lo:lo + config.batch_size]
             if train and len(batch) < max(2, dist.world_size):
@@ -505,21 +583,24 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
             if train:
                 set_global_batch(model, len(batch), rows)
             with torch.set_grad_enabled(train):
-                logits = net(xb) if train else model(xb)
+                out = net(xb) if train else model(xb)
                 if dist.active:  # DDP averages over ranks: scale so that this is the global mean
-                    loss_sum = F.binary_cross_entropy_with_logits(logits, yb, reduction="sum")
+                    loss_sum = batch_loss(out, yb, "sum")
                     loss = loss_sum * (dist.world_size / len(batch))
                 else:
-                    loss = F.binary_cross_entropy_with_logits(logits, yb)
+                    loss = batch_loss(out, yb, "mean")
             if train:
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
             total_loss += loss_sum.item() if dist.active else loss.item() * len(batch)
-            correct += int(((logits >= 0).float() == yb).sum())
+            batch_score, batch_pull2 = batch_scores(out, yb)
+            score, pull2 = score + batch_score, pull2 + batch_pull2
             used += len(local)
-        total_loss, correct, used = dist.sum([total_loss, correct, used], collective)
-        return total_loss / used, correct / used
+        total_loss, score, pull2, used = dist.sum([total_loss, score, pull2, used], collective)
+        if regression:  # rms error in f_NL; the sigma factor that calibrates these maps
+            return total_loss / used, scaling.std * math.sqrt(score / used), math.sqrt(pull2 / used)
+        return total_loss / used, score / used, None
 
     bar = tqdm(range(start_epoch, config.epochs), desc=f"train {config.model}", unit="epoch",
                disable=not (progress and dist.is_main), initial=start_epoch, total=config.epochs)
@@ -530,25 +611,30 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
         generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
         # the rotations of epoch e depend on (seed, e) only: a resumed run draws the same
         rotations = np.random.default_rng([config.seed, epoch, 7]) if augmenter else None
-        train_loss, train_acc = run_epoch(train_idx, True, generator, rotations)
+        train_loss, train_score, _ = run_epoch(train_idx, True, generator, rotations)
         if config.precise_bn:  # the batch-norm statistics that validation and model.pt use
             with unsynced(model):  # every rank passes the whole split: the same statistics
                 recompute_batch_norm(model, (x_t[train_idx[lo:lo + config.batch_size]].to(device)
                                              for lo in range(0, len(train_idx), config.batch_size)
                                              if len(train_idx[lo:lo + config.batch_size]) >= 2))
-        val_loss, val_acc = run_epoch(val_idx, False)
+        val_loss, val_score, val_calibration = run_epoch(val_idx, False)
         scheduler.step()
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
-                        "val_loss": val_loss, "val_accuracy": val_acc,
+        score_name = "rmse" if regression else "accuracy"
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, f"train_{score_name}": train_score,
+                        "val_loss": val_loss, f"val_{score_name}": val_score,
+                        **({"val_calibration": val_calibration} if regression else {}),
                         "lr": optimiser.param_groups[0]["lr"], "seconds": time.time() - t0})
-        bar.set_postfix(val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}")
+        bar.set_postfix(val_loss=f"{val_loss:.3f}", **{f"val_{score_name}": f"{val_score:.3f}"})
         improved = val_loss < best_loss
         best_loss = min(best_loss, val_loss)
         if not dist.is_main:
             continue  # rank 0 writes the checkpoints and the history
         if improved:
+            # regression: the best epoch's validation maps calibrate the predicted sigma
+            calibration = {"calibration": val_calibration} if regression else {}
             _atomic_torch_save({"kind": config.model, "in_channels": in_channels, "nside": nside,
                                 "meta": meta, "mean": mean, "std": std, "epoch": epoch + 1,
+                                **target_record, **calibration,
                                 "model": {k: v.cpu() for k, v in model.state_dict().items()}},
                                best_path)
         _atomic_torch_save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
@@ -560,9 +646,11 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
     if dist.is_main:
         plot_curves(run_dir, history)
     best = min(history, key=lambda h: h["val_loss"])
+    scores = ({"target": "fnl", "val_rmse": best["val_rmse"], "calibration": best["val_calibration"]}
+              if regression else {"val_accuracy": best["val_accuracy"]})
     return {"stopped_early": len(history) < config.epochs, "epochs_run": len(history),
             "model": config.model, "device": device, "n_train": int(train_idx.size),
             "n_val": int(val_idx.size), "best_epoch": best["epoch"],
-            "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],
+            **scores, "val_loss": best["val_loss"],
             "n_parameters": sum(p.numel() for p in model.parameters()),
             "epoch_seconds": float(sum(h["seconds"] for h in history))}

@@ -47,10 +47,12 @@ class SphericalClassifier(nn.Module):
     hidden : width of the MLP's hidden layer.
     dropout : dropout before the last layer (its mask drawn per global batch, so that
         data-parallel training drops what one process would: :class:`GlobalBatchDropout`).
+    n_outputs : 1, a logit (classification); 2, a mean and a log standard deviation
+        (regression of f_NL with a Gaussian likelihood, :mod:`cmbscat.experiment.fnl_estimators`).
     """
 
     def __init__(self, in_channels: int, nside: int, widths=(32, 32, 64), kernel_shape=4,
-                 nside_min: int = 4, hidden: int = 64, dropout: float = 0.1):
+                 nside_min: int = 4, hidden: int = 64, dropout: float = 0.1, n_outputs: int = 1):
         super().__init__()
         blocks, c, ns = [], in_channels, nside
         for stage, width in enumerate(widths):
@@ -59,14 +61,16 @@ class SphericalClassifier(nn.Module):
             c, ns = width, ns_out
         self.features = nn.Sequential(*blocks)
         self.head = nn.Sequential(nn.Linear(2 * c, hidden), nn.GELU(), GlobalBatchDropout(dropout),
-                                  nn.Linear(hidden, 1))
-        self.nside_in, self.nside_final = nside, ns
+                                  nn.Linear(hidden, n_outputs))
+        self.nside_in, self.nside_final, self.n_outputs = nside, ns, n_outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (batch, in_channels, 12 nside^2) -> logits (batch,)."""
+        """x: (batch, in_channels, 12 nside^2) -> logits (batch,), or (batch, n_outputs)
+        when n_outputs > 1."""
         h = self.features(x)
         pooled = torch.cat([h.mean(dim=-1), h.std(dim=-1)], dim=1)  # invariant to rotations
-        return self.head(pooled).squeeze(-1)
+        out = self.head(pooled)
+        return out.squeeze(-1) if self.n_outputs == 1 else out
 
 
 MODEL_SETTINGS = {
@@ -76,12 +80,15 @@ MODEL_SETTINGS = {
 }
 
 
-def build_model(kind: str, in_channels: int, nside: int) -> SphericalClassifier:
-    """The network for ``kind`` ("hybrid" or "baseline") on inputs (batch, in_channels, npix)."""
+def build_model(kind: str, in_channels: int, nside: int, n_outputs: int = 1) -> SphericalClassifier:
+    """The network for ``kind`` ("hybrid" or "baseline") on inputs (batch, in_channels, npix);
+    ``n_outputs`` 1 for a classifier (a logit), 2 for the f_NL regression (mean, log sigma)."""
     if kind == "hybrid":
-        return SphericalClassifier(in_channels, nside, widths=(64, 64, 64), nside_min=4)
+        return SphericalClassifier(in_channels, nside, widths=(64, 64, 64), nside_min=4,
+                                   n_outputs=n_outputs)
     if kind == "baseline":
-        return SphericalClassifier(in_channels, nside, widths=(16, 32, 32, 64, 64), nside_min=4)
+        return SphericalClassifier(in_channels, nside, widths=(16, 32, 32, 64, 64), nside_min=4,
+                                   n_outputs=n_outputs)
     raise ValueError(f"unknown model {kind!r}")
 
 

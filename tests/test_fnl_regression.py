@@ -1,0 +1,148 @@
+"""f_NL regression end to end on tiny maps: train --target fnl, evaluate, the pipeline's table."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cmbscat.cli import main
+from cmbscat.experiment.evaluate import evaluate, predict, predict_fnl
+from cmbscat.experiment.fnl_estimators import CubicFisherEstimator
+from cmbscat.experiment.train import TrainConfig, train
+from cmbscat.errors import CmbscatError
+from cmbscat.scattering.stage import scatter
+from cmbscat.sky.simulate import SimulationConfig, simulate
+from cmbscat.stats.stage import compute_stats
+
+NSIDE, LMAX = 32, 63
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Training maps with f_NL uniform in [-1500, 1500], test maps on a grid; their
+    statistics and scattering files."""
+    root = tmp_path_factory.mktemp("fnl")
+    out = {}
+    for split, n, seed, dist in (("train", 48, 5, "uniform:-1500,1500"), ("test", 24, 6, "grid:-1000,0,1000")):
+        sims = root / f"sims_{split}.h5"
+        simulate(sims, SimulationConfig(n_maps=n, nside=NSIDE, lmax=LMAX, fnl=0.0, seed=seed, store="alm",
+                                        fnl_dist=dist), progress=False)
+        compute_stats(sims, root / f"stats_{split}.h5", progress=False)
+        scatter(sims, root / f"scat_{split}.h5", J0=3, depth=2, odd=True, progress=False)
+        out[split] = {"sims": sims, "stats": root / f"stats_{split}.h5", "scat": root / f"scat_{split}.h5"}
+    out["root"] = root
+    return out
+
+
+def test_cubic_fisher_anchor(files, tmp_path):
+    run = tmp_path / "anchor"
+    summary = train(run, TrainConfig(data=str(files["train"]["stats"]), model="cubic_fisher", target="fnl"))
+    assert summary["sigma_fnl"] == pytest.approx(CubicFisherEstimator(LMAX).sigma)
+    m = evaluate(run, files["test"]["stats"], progress=False)
+    assert m["target"] == "fnl" and m["n"] == 24
+    assert [b["fnl_mean"] for b in m["bins"]] == [-1000.0, 0.0, 1000.0]
+    assert all(b["n"] == 8 for b in m["bins"])
+    pred = np.load(run / "predictions.npy")
+    assert pred.shape == (24, 2) and np.all(pred[:, 1] == pytest.approx(CubicFisherEstimator(LMAX).sigma))
+    assert (run / "fnl.png").stat().st_size > 0
+    # the anchor tracks the truth: at f_NL +-1000 (10 sigma) the estimates have the right sign
+    true = np.tile([-1000.0, 0.0, 1000.0], 8)
+    assert np.all(np.sign(pred[true != 0, 0]) == np.sign(true[true != 0]))
+
+
+@pytest.mark.parametrize("model, data", [("onepoint", "stats"), ("cubic", "stats"), ("hybrid", "scat"),
+                                         ("baseline", "sims")])
+def test_estimators_train_and_evaluate(files, tmp_path, model, data):
+    run = tmp_path / model
+    config = TrainConfig(data=str(files["train"][data]), model=model, target="fnl", epochs=2,
+                         batch_size=8, baseline_nside=8, baseline_lmax=15)
+    summary = train(run, config, device="cpu", progress=False)
+    assert summary["target"] == "fnl" and np.isfinite(summary["val_rmse"])
+    mean, sigma = predict_fnl(run, files["test"][data], device="cpu", progress=False)
+    assert mean.shape == sigma.shape == (24,) and np.all(sigma > 0) and np.all(np.isfinite(mean))
+    m = evaluate(run, files["test"][data], device="cpu", progress=False)
+    assert 0 <= m["coverage68"] <= m["coverage95"] <= 1
+    assert np.allclose(np.load(run / "predictions.npy"), np.stack([mean, sigma], 1))
+    with pytest.raises(CmbscatError, match="estimates f_NL"):
+        predict(run, files["test"][data], device="cpu", progress=False)
+
+
+def test_network_regression_resumes_where_it_stopped(files, tmp_path, monkeypatch):
+    """Interrupted after epoch 1 of 2 and run again: the weights of an uninterrupted run."""
+    import torch
+
+    import cmbscat.experiment.train as train_module
+
+    config = TrainConfig(data=str(files["train"]["scat"]), model="hybrid", target="fnl", epochs=2, batch_size=8)
+    train(tmp_path / "whole", config, device="cpu", progress=False)
+    original = train_module._write_history
+
+    def write_then_interrupt(run_dir, history):
+        original(run_dir, history)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_write_history", write_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "resumed", config, device="cpu", progress=False)
+    monkeypatch.setattr(train_module, "_write_history", original)
+    train(tmp_path / "resumed", config, device="cpu", progress=False)
+    whole = torch.load(tmp_path / "whole" / "model.pt", weights_only=False)
+    resumed = torch.load(tmp_path / "resumed" / "model.pt", weights_only=False)
+    assert whole["calibration"] == pytest.approx(resumed["calibration"], rel=1e-5)
+    assert all(torch.allclose(whole["model"][k].float(), resumed["model"][k].float(), atol=1e-6)
+               for k in whole["model"])
+
+
+def test_cli_refusals(files, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(main, ["train", str(files["train"]["stats"]), str(tmp_path / "x"),
+                             "--model", "cubic_fisher", "--no-progress"])
+    assert r.exit_code != 0 and "--target fnl" in r.output and "Traceback" not in r.output
+    # a file made before per-map f_NL (no /fnl): refused in one line, no run folder left
+    import h5py
+    import shutil
+
+    old = tmp_path / "old_stats.h5"
+    shutil.copy(files["train"]["stats"], old)
+    with h5py.File(old, "a") as f:
+        del f["fnl"]
+    r = runner.invoke(main, ["train", str(old), str(tmp_path / "y"), "--model", "onepoint", "--target", "fnl",
+                             "--no-progress"])
+    assert r.exit_code != 0 and "/fnl" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "y").exists()
+
+
+def test_cli_train_and_evaluate_print_one_line(files, tmp_path):
+    runner = CliRunner()
+    run = tmp_path / "cli"
+    r = runner.invoke(main, ["train", str(files["train"]["stats"]), str(run), "--model", "cubic_fisher",
+                             "--target", "fnl", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["evaluate", str(run), str(files["test"]["stats"]), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "sigma at f_NL = 0" in r.output and "coverage" in r.output
+
+
+def test_pipeline_fnl_table(tmp_path, monkeypatch):
+    """The regression pipeline at tiny size: every model, one table read against the anchor."""
+    from cmbscat.experiment.pipeline import run_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    cfg = {"title": "tiny f_NL regression", "out": "out", "workers": 1, "target": "fnl",
+           "simulate": {"nside": NSIDE, "lmax": LMAX, "store": "alm", "n_train": 32, "n_test": 18,
+                        "seed_train": 1, "seed_test": 2, "fnl_dist_train": "uniform:-1500,1500",
+                        "fnl_dist_test": "grid:-1000,0,0,1000"},
+           "scatter": {"depth": 2, "J0": 3},
+           "models": {"cubic_fisher": {}, "onepoint": {}, "hybrid": {"epochs": 1, "batch_size": 8}}}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    table = run_pipeline(tmp_path / "c.json", device="cpu", progress=False)
+    text = table.read_text()
+    assert "ratio to the optimal sigma" in text
+    assert "Fisher prediction" in text
+    row = next(line for line in text.splitlines() if line.startswith("| cubic statistic S / F"))
+    assert "| 1.00 |" in row  # the anchor against itself
+    assert table.with_suffix(".png").stat().st_size > 0
+    # a second run finds everything current and writes the same table
+    assert run_pipeline(tmp_path / "c.json", device="cpu", progress=False).read_text().split("Stage wall")[0] \
+        == text.split("Stage wall")[0]
