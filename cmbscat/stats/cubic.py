@@ -201,3 +201,115 @@ def fisher_information_legendre(cl: np.ndarray) -> float:
     e = squared_field_cl(present.astype(np.float64))
     ell = np.arange(cl.size)
     return float(np.sum(((2 * ell + 1) * (d * inverse_spectrum(cl) + 2.0 * cl * e))[present]))
+
+
+class ObservedCubicStatistic:
+    """The cubic statistic of an observed map: beam, noise and a mask (DESIGN.md, "The limit").
+
+    The observation is d = B T + n (harmonic: d_lm = b_l a_lm + n_lm), seen through a
+    mask w(x) in [0, 1] (apodized; 1 = observed). With C^d_l = b_l^2 C_l + N_l, the
+    masked map's a_lm d^w_lm = a_lm of w d are filtered into two maps,
+
+        W = map of b_l d^w_lm / C^d_l,      M = map of b_l C_l d^w_lm / C^d_l
+        (M is the Wiener-filtered T),
+
+    and S = - sum_x [W M^2 - W <M^2> - 2 M <W M>] Delta: the cubic term with its
+    linear (mean-field) terms taken out (Creminelli et al. 2006), <.> being pixel-wise
+    averages over Gaussian maps of the same observation (:meth:`fit_mean_field`).
+    Their expectation is zero on Gaussian maps with or without the linear terms (odd
+    moments of a Gaussian vanish); the linear terms remove the variance that the mask's
+    and the noise's anisotropy add. The filtering is diagonal in l (the masked map is
+    treated as if full-sky, as the KSW analyses that apodize rather than inverse-variance
+    filter), so S is not exactly the masked likelihood's score: with a mask its
+    normalisation comes from simulations, not from :func:`fisher_information`.
+
+    With no mask and isotropic noise, the mean fields are constants computed exactly
+    (``mean_field=None``): <M^2> = sum_l (2l+1)/(4 pi) b_l^2 C_l^2 / C^d_l and
+    <W M> = sum_l (2l+1)/(4 pi) b_l^2 C_l / C^d_l; with b_l = 1, N_l = 0 this is
+    :class:`CubicStatistic` exactly (<W M> multiplies the monopole of T, which is 0).
+
+    Parameters
+    ----------
+    cl : (>= lmax+1,) spectrum of the sky (uK^2), C_0 = C_1 = 0.
+    nside, lmax : the maps' HEALPix resolution (RING) and band limit.
+    beam : (lmax+1,) b_l applied to the sky (beam times pixel window), default 1.
+    noise_cl : (lmax+1,) N_l (uK^2 sr), the noise spectrum of the observed a_lm; for
+        inhomogeneous noise, its full-sky average. Default 0.
+    mask : (npix,) w(x) in [0, 1] (RING), default none (full sky).
+    """
+
+    def __init__(self, cl: np.ndarray, nside: int, lmax: int, beam: np.ndarray | None = None,
+                 noise_cl: np.ndarray | None = None, mask: np.ndarray | None = None, nthreads: int = 1):
+        check_nside_lmax(nside, lmax)
+        self.lmax, self.nside, self.nthreads = int(lmax), int(nside), int(nthreads)
+        self.npix = 12 * self.nside**2
+        self.cl = _checked_spectrum(cl, self.lmax)
+        self.beam = np.ones(self.lmax + 1) if beam is None else np.asarray(beam, np.float64)[: self.lmax + 1]
+        self.noise_cl = np.zeros(self.lmax + 1) if noise_cl is None else \
+            np.asarray(noise_cl, np.float64)[: self.lmax + 1]
+        if self.beam.shape != (self.lmax + 1,) or self.noise_cl.shape != (self.lmax + 1,):
+            raise ValueError(f"beam and noise_cl need lmax + 1 = {self.lmax + 1} entries")
+        if np.any(self.noise_cl < 0) or not np.all(np.isfinite(self.beam)):
+            raise ValueError("noise_cl must be >= 0 and beam finite")
+        self.mask = None if mask is None else np.asarray(mask, np.float64)
+        if self.mask is not None and self.mask.shape != (self.npix,):
+            raise ValueError(f"mask has shape {self.mask.shape}, expected ({self.npix},)")
+        self.data_cl = self.beam**2 * self.cl + self.noise_cl             # C^d_l, uK^2
+        inv = inverse_spectrum(self.data_cl)
+        self.w_filter = self.beam * inv                                    # 1/uK^2 (b / C^d)
+        self.m_filter = self.beam * self.cl * inv                          # dimensionless (b C / C^d)
+        ell = alm_ell_m(self.lmax)[0]
+        self._w_alm, self._m_alm = self.w_filter[ell], self.m_filter[ell]
+        self.pixel_area = 4.0 * np.pi / self.npix
+        # isotropic mean fields (no mask): exact constants
+        modes = (2 * np.arange(self.lmax + 1) + 1) / (4 * np.pi)
+        self.mean_m2 = np.full(self.npix, np.sum(modes * self.beam**2 * self.cl**2 * inv))
+        self.mean_wm = np.full(self.npix, np.sum(modes * self.beam**2 * self.cl * inv))
+        self.mean_field_maps = 0 if self.mask is None else None  # None: fit_mean_field needed
+
+    def masked_alm(self, alm: np.ndarray, sky_map: np.ndarray | None = None) -> np.ndarray:
+        """a_lm of w d (complex128, healpy order): ``alm`` itself without a mask."""
+        if self.mask is None:
+            return np.asarray(alm, dtype=np.complex128)
+        import healpy as hp
+
+        if sky_map is None:
+            sky_map = synthesis(alm, self.nside, self.lmax, nthreads=self.nthreads)
+        # iter=3: the masked map is not band-limited; the residual quadrature error of
+        # iter=0 (~2e-4) would otherwise leak the mask's edge into every statistic
+        return hp.map2alm(self.mask * sky_map, lmax=self.lmax, iter=3)
+
+    def filtered_maps(self, alm: np.ndarray, sky_map: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(W, M) of an observed map (a_lm ``alm``, uK; its map ``sky_map`` if at hand), RING."""
+        alm_w = self.masked_alm(alm, sky_map)
+        return (synthesis(alm_w * self._w_alm, self.nside, self.lmax, nthreads=self.nthreads),
+                synthesis(alm_w * self._m_alm, self.nside, self.lmax, nthreads=self.nthreads))
+
+    def fit_mean_field(self, gaussian_alms) -> int:
+        """Estimate <M^2>(x) and <W M>(x) from observed Gaussian a_lm (an iterable, each of
+        the same observation: beam, noise, mask). Returns the number of maps used.
+        Needed with a mask (or inhomogeneous noise); replaces the isotropic constants."""
+        sum_m2, sum_wm, n = np.zeros(self.npix), np.zeros(self.npix), 0
+        for alm in gaussian_alms:
+            w, m = self.filtered_maps(alm)
+            sum_m2 += m * m
+            sum_wm += w * m
+            n += 1
+        if n < 2:
+            raise ValueError("the mean field needs at least 2 Gaussian maps")
+        self.mean_m2, self.mean_wm = sum_m2 / n, sum_wm / n
+        self.mean_field_maps = n
+        return n
+
+    def __call__(self, alm: np.ndarray, sky_map: np.ndarray | None = None, linear: bool = True) -> float:
+        """S (uK) of the observed map with a_lm ``alm`` (band-limited d, uK; its RING map
+        ``sky_map`` at self.nside if at hand). ``linear=False`` leaves the linear terms
+        out (to show what they remove)."""
+        if self.mean_field_maps is None:
+            raise ValueError("with a mask, call fit_mean_field on Gaussian maps of the same "
+                             "observation first")
+        w, m = self.filtered_maps(alm, sky_map)
+        cubic = np.dot(w, m * m)
+        if linear:
+            cubic -= np.dot(w, self.mean_m2) + 2.0 * np.dot(m, self.mean_wm)
+        return -float(cubic) * self.pixel_area
