@@ -92,9 +92,37 @@ def main():
                    "Each map's f_NL is stored in /fnl and its label is 1 where f_NL != 0, 0 "
                    "where f_NL = 0 (a Gaussian map); --n-maps need not be even. Needs "
                    "--ng-model local; not with --fnl.")
+@click.option("--beam-fwhm", "beam_fwhm", type=float, default=0.0, metavar="ARCMIN",
+              help="Observe the skies through a Gaussian beam of this full width at half maximum "
+                   "(arcmin), applied to the a_lm as healpy's gauss_beam; no HEALPix pixel window "
+                   "(healpy would have to download its tables). 0 = no beam.")
+@click.option("--noise", "noise", type=float, default=0.0, metavar="UK_ARCMIN",
+              help="Add white noise of this depth (uK arcmin; Planck-like: 45), band-limited at "
+                   "--lmax: N_l = depth^2 in uK^2 sr, drawn in harmonic space, or per pixel with "
+                   "--hits. Each map's noise comes from its own seed. 0 = no noise.")
+@click.option("--hits", "hits", default="", metavar="FITS|scan", show_default=False,
+              help="Make the noise inhomogeneous: per-pixel sigma = depth / sqrt(pixel area) x "
+                   "sqrt(mean hits / hits). FITS: your HEALPix hit-count map, any nside (regraded "
+                   "by summing hits, with a note); NaN/UNSEEN pixels count as no hits, and pixels "
+                   "without hits are masked. scan: a built-in scanning-satellite pattern, hits "
+                   "~ 1/max(|cos(ecliptic latitude)|, 0.1), deepest at the ecliptic poles. Needs "
+                   "--noise; the hit map used is stored in /hits.")
+@click.option("--mask", "mask", default="", metavar="SPEC|FITS", show_default=False,
+              help="Store a mask with the skies (/mask float32, 1 = observed, and /mask_binary; "
+                   "never multiplied into /alm or /maps): galactic:DEG masks |b| < DEG; "
+                   "sources:N[:RADIUS_ARCMIN] masks N holes (radius 30 arcmin by default) centred "
+                   "uniformly on the sphere by a fixed seed (the same holes in every file); "
+                   "combine them with a comma, e.g. galactic:20,sources:200. Or a HEALPix FITS "
+                   "mask, values in [0, 1], any nside (regraded with a note: a coarse pixel takes "
+                   "its smallest weight); NaN/UNSEEN pixels are masked.")
+@click.option("--apodize", "apodize", type=float, default=0.0, metavar="DEG",
+              help="Apodize the mask's edges over this many degrees with the C1 taper "
+                   "w = x - sin(2 pi x)/(2 pi), x = sqrt((1-cos theta)/(1-cos DEG)), theta the "
+                   "distance to the nearest masked pixel (NaMaster's C1). Needs --mask. 0 = none.")
 @_shard_option
 @_progress_option
-def simulate(out, n_maps, nside, lmax, fnl, gnl, seed, ng_model, store, fnl_dist, shard, progress):
+def simulate(out, n_maps, nside, lmax, fnl, gnl, seed, ng_model, store, fnl_dist, beam_fwhm, noise,
+             hits, mask, apodize, shard, progress):
     """Simulate Gaussian and non-Gaussian CMB skies into the HDF5 file OUT.
 
     Gaussian a_lm follow the Planck 2018 best-fit lensed TT spectrum (uK). The
@@ -102,6 +130,8 @@ def simulate(out, n_maps, nside, lmax, fnl, gnl, seed, ng_model, store, fnl_dist
     or T = g + 9 g_NL g^3 / T_CMB^2 (--ng-model gnl), rescaled by a fixed
     harmonic transfer function so both classes have the same expected power
     spectrum. With --fnl-dist each map has its own f_NL (stored in /fnl).
+    With --beam-fwhm, --noise, --hits, --mask, --apodize the file holds observed
+    skies, d = B*T + n (band-limited at --lmax), and the mask beside them.
     Re-running the same command resumes an interrupted run.
     """
     from cmbscat.sky.fnl_distribution import FnlDistribution
@@ -113,7 +143,9 @@ def simulate(out, n_maps, nside, lmax, fnl, gnl, seed, ng_model, store, fnl_dist
     fnl_dist = "" if fnl_dist is None else FnlDistribution.parse(fnl_dist).spec
     fnl, gnl = resolve_ng_amplitudes(ng_model, fnl, gnl, fnl_dist)
     config = SimulationConfig(n_maps=n_maps, nside=nside, lmax=lmax, fnl=fnl, seed=seed,
-                              ng_model=ng_model, store=store, gnl=gnl, fnl_dist=fnl_dist)
+                              ng_model=ng_model, store=store, gnl=gnl, fnl_dist=fnl_dist,
+                              beam_fwhm_arcmin=beam_fwhm, noise_uk_arcmin=noise, hits=hits,
+                              mask=mask, apodize_deg=apodize)
     n_new = run(out, config, shard=Shard.parse(shard) if shard else None, progress=progress)
     click.echo(f"wrote {out} ({n_new} maps computed now)" if n_new else f"{out} is already complete",
                err=True)

@@ -21,11 +21,20 @@ file it is in: the transfer function depends on the f_NL value only, never on th
 realisation (:meth:`SkySimulator.local_model`). A map with f_NL 0 is the Gaussian map
 of its seed. The non-Gaussian models are in :mod:`cmbscat.sky.nongaussian`; each has
 one amplitude (f_NL for ``local``, g_NL for ``gnl``) and the other must be 0.
+
+Observed skies (``--beam-fwhm``, ``--noise``, ``--hits``, ``--mask``, ``--apodize``;
+:mod:`cmbscat.sky.observe`): ``/alm`` and ``/maps`` hold d = B * T + n, band-limited at
+lmax, each map's noise drawn from its own seed; the file adds ``/mask`` (float32, the
+apodized mask, 1 = observed), ``/mask_binary`` (uint8) and, with hits, ``/hits``, all
+RING at nside, and the settings as attributes. The mask is not multiplied into the
+maps. :func:`regenerate_map` remakes an observed map from the file alone.
 """
 
 from __future__ import annotations
 
 import math
+import shlex
+import sys
 from collections import OrderedDict
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
@@ -41,10 +50,12 @@ from cmbscat.healpix import check_nside_lmax
 from cmbscat.lock import OutputLock
 from cmbscat.sky.fnl_distribution import FnlDistribution, fnl_labels
 from cmbscat.sky.nongaussian import LocalFNL, LocalGNL
+from cmbscat.sky.observe import Observation, ObservationConfig, ObservedMask
 from cmbscat.sky.spectra import CL_SOURCE, gaussian_alm, planck2018_cl
-from cmbscat.store import ItemWriter, Shard
+from cmbscat.store import ItemWriter, Shard, file_sha256
 
 STORE_CHOICES = ("alm", "maps", "both")
+OBSERVATION_FIELDS = ("beam_fwhm_arcmin", "noise_uk_arcmin", "hits", "mask", "apodize_deg")
 NG_MODELS = ("local", "gnl")
 DEFAULT_FNL = 1000.0  # the CLI's f_NL for --ng-model local when --fnl is not given
 
@@ -66,6 +77,12 @@ class SimulationConfig:
     that ``n_maps`` be even. A parseable SPEC is stored in canonical form
     (``uniform:0,100`` becomes ``uniform:0.0,100.0``), so equal distributions give
     equal records.
+
+    The observation settings (last, default "none": :class:`ObservationConfig`, whose
+    fields they are) make the stored skies observed ones, d = B * T + n, with a mask
+    stored beside them (:func:`simulate`). At their defaults they are left out of the
+    file's record (:func:`simulation_params`), so files without an observation are
+    exactly what they were before these settings existed.
     """
 
     n_maps: int
@@ -77,6 +94,11 @@ class SimulationConfig:
     store: str = "both"
     gnl: float = 0.0
     fnl_dist: str = ""
+    beam_fwhm_arcmin: float = 0.0
+    noise_uk_arcmin: float = 0.0
+    hits: str = ""
+    mask: str = ""
+    apodize_deg: float = 0.0
 
     def __post_init__(self):
         # one type per field, whatever the caller passed (a JSON config's 2000 is f_NL 2000.0)
@@ -92,6 +114,15 @@ class SimulationConfig:
             except CmbscatError:
                 pass  # refused by validate, which names the problem
         object.__setattr__(self, "fnl_dist", spec)
+        # the observation's own normal form (floats, canonical mask SPEC, "scan")
+        observation = ObservationConfig(*(getattr(self, name) for name in OBSERVATION_FIELDS))
+        for name in OBSERVATION_FIELDS:
+            object.__setattr__(self, name, getattr(observation, name))
+
+    @property
+    def observation(self) -> ObservationConfig:
+        """How the skies are observed (``is_trivial``: not at all)."""
+        return ObservationConfig(*(getattr(self, name) for name in OBSERVATION_FIELDS))
 
     @property
     def distribution(self) -> FnlDistribution | None:
@@ -115,6 +146,7 @@ class SimulationConfig:
             raise CmbscatError(f"--store must be one of {', '.join(STORE_CHOICES)}, got {self.store!r}")
         if not 0 <= self.seed < 2**63:
             raise CmbscatError(f"--seed must be in [0, 2^63), got {self.seed}")
+        self.observation.validate()
 
 
 def check_ng_amplitudes(ng_model: str, fnl: float, gnl: float) -> None:
@@ -255,13 +287,18 @@ class SkySimulator:
         g_map = hp.alm2map(g_alm, self.nside, lmax=self.lmax)
         return model(g_alm, g_map), g_map
 
-    def sky(self, seed: int, label: int, store: str = "both",
-            fnl: float | None = None) -> dict[str, np.ndarray]:
+    def sky(self, seed: int, label: int, store: str = "both", fnl: float | None = None,
+            observation: Observation | None = None) -> dict[str, np.ndarray]:
         """Arrays for one sims-file row: ``alm`` (complex64) and/or ``maps`` (float32, RING, uK).
 
-        ``fnl``: the map's own f_NL (local model; see :meth:`alm`).
+        ``fnl``: the map's own f_NL (local model; see :meth:`alm`). ``observation``
+        (prepared for this simulator's nside and lmax): the row holds the observed sky
+        instead, beam applied and the map's noise added (:meth:`Observation.observe`);
+        ``maps`` is then the synthesis of the observed a_lm, unmasked.
         """
         alm, _ = self.alm(seed, label, fnl)
+        if observation is not None:
+            alm = observation.observe(alm, seed)
         out = {}
         if store in ("alm", "both"):
             out["alm"] = alm.astype(np.complex64)
@@ -291,10 +328,13 @@ def regenerate_map(path: str | Path, index: int, store: str | None = None) -> di
     (complex64) and/or ``maps`` (float32, RING, uK), for ``store`` (default: the file's).
 
     The map's f_NL is recomputed from attribute ``fnl_dist`` when the file has one (not
-    read from ``/fnl``), so comparing with the stored row checks the whole recipe.
+    read from ``/fnl``), so comparing with the stored row checks the whole recipe. An
+    observed file's beam and noise come from its attributes, the noise's hit map from its
+    ``/hits`` (no FITS file needed).
     """
     with h5py.File(path, "r") as f:
         attrs = dict(f.attrs)
+        hits = np.asarray(f["hits"][()], dtype=np.float64) if "hits" in f else None
         n = int(f["labels"].shape[0])
         if not 0 <= index < n:
             raise CmbscatError(f"{path} has {n} maps; there is no map {index}")
@@ -309,13 +349,23 @@ def regenerate_map(path: str | Path, index: int, store: str | None = None) -> di
         store = str(store or attrs.get("store", "both"))
         fnl = 0.0 if spec else float(attrs.get("fnl", 0.0))
         gnl = float(attrs.get("gnl", 0.0))
+        observation = ObservationConfig(
+            float(attrs.get("beam_fwhm_arcmin", 0.0)), float(attrs.get("noise_uk_arcmin", 0.0)),
+            str(attrs.get("hits", "")), str(attrs.get("mask", "")), float(attrs.get("apodize_deg", 0.0)))
     except (KeyError, TypeError, ValueError):
         raise CmbscatError(f"{path} lacks the attributes of a cmbscat sims file (nside, lmax, "
                            "ng_model, fnl, ...)") from None
+    observed = {} if observation.is_trivial else {
+        "observation": observation.prepare(nside, lmax, hits=hits, note=_note)}
     if spec:
         value = FnlDistribution.parse(spec).value(index, seed)
-        return SkySimulator(nside, lmax, value).sky(seed, int(value != 0), store)
-    return SkySimulator(nside, lmax, fnl, ng_model, gnl).sky(seed, label, store)
+        return SkySimulator(nside, lmax, value).sky(seed, int(value != 0), store, **observed)
+    return SkySimulator(nside, lmax, fnl, ng_model, gnl).sky(seed, label, store, **observed)
+
+
+def _note(line: str) -> None:
+    """Tell the user something they should know (a regraded map, masked pixels): one stderr line."""
+    print(f"note: {line}", file=sys.stderr, flush=True)
 
 
 def simulation_defaults() -> dict:
@@ -328,8 +378,19 @@ def simulation_params(config: SimulationConfig, shard: Shard | None = None) -> d
     """The parameters a sims file records (attribute ``cmbscat_params``): they define its content.
 
     A combined file of shards records the same as an unsharded one (``shard`` None).
+    The observation settings are recorded only where they differ from their defaults
+    (a file without an observation has the record it had before they existed), with
+    the SHA-256 of each FITS file they name (``hits_sha256``, ``mask_sha256``), so a
+    changed FITS file is not taken for the one a file was made with.
     """
-    return {**asdict(config), "stage": "simulate", "shard": str(shard) if shard else None,
+    params = asdict(config)
+    defaults = simulation_defaults()
+    for name in OBSERVATION_FIELDS:
+        if params[name] == defaults[name]:
+            del params[name]
+    for name, fits in config.observation.fits_files.items():
+        params[f"{name}_sha256"] = file_sha256(fits)
+    return {**params, "stage": "simulate", "shard": str(shard) if shard else None,
             "cl_source": CL_SOURCE}
 
 
@@ -342,10 +403,19 @@ def simulate(out_path: str | Path, config: SimulationConfig, shard: Shard | None
     With ``shard`` only maps ``shard.bounds(n_maps)`` are written, to ``out_path``
     itself; join shard files with :func:`cmbscat.store.combine_shards`. Holds
     ``out_path.lock`` while it works (:class:`cmbscat.lock.OutputLock`).
+
+    With an observation (``config.observation`` not trivial) each row holds the observed
+    sky (:meth:`SkySimulator.sky`), and the file the datasets of :func:`observation_datasets`
+    (the mask, the hit map), built once before anything is written, so that a bad FITS
+    file leaves nothing behind; they are the same in every shard.
     """
     config.validate()
     start, stop = shard.bounds(config.n_maps) if shard else (0, config.n_maps)
     with OutputLock(out_path):  # a second run on out_path is refused here, before any write
+        observed, whole = {}, {}
+        if not config.observation.is_trivial:
+            observation, whole = prepare_observation(config)
+            observed = {"observation": observation}
         writer = ItemWriter(out_path, simulation_params(config, shard), start, stop,
                             defaults=simulation_defaults())
         if writer.complete:
@@ -357,13 +427,43 @@ def simulate(out_path: str | Path, config: SimulationConfig, shard: Shard | None
         for i in tqdm(todo, desc="simulate", unit="map", disable=not progress,
                       initial=(stop - start) - len(todo), total=stop - start):
             if per_map:
-                writer.put(i, simulator.sky(seeds[i], labels[i], config.store, fnl=fnl[i]))
+                writer.put(i, simulator.sky(seeds[i], labels[i], config.store, fnl=fnl[i], **observed))
             else:
-                writer.put(i, simulator.sky(seeds[i], labels[i], config.store))
+                writer.put(i, simulator.sky(seeds[i], labels[i], config.store, **observed))
         writer.finalize(per_item={"labels": labels[start:stop], "seeds": seeds[start:stop],
                                   "fnl": fnl[start:stop]},
-                        attrs=simulation_attrs(config))
+                        whole=whole, attrs=simulation_attrs(config))
         return len(todo)
+
+
+def prepare_observation(config: SimulationConfig) -> tuple[Observation, dict[str, np.ndarray]]:
+    """The observation of ``config``'s maps, ready to apply, and the file's whole datasets.
+
+    Reads and regrades the FITS files once (a one-line note on stderr for each regrade
+    and for pixels masked for lack of hits). Returns the prepared :class:`Observation`
+    and :func:`observation_datasets` of the hit map and the mask.
+    """
+    observation = config.observation
+    hits = observation.hit_map(config.nside, note=_note)
+    mask = observation.build_mask(config.nside, hits, note=_note)
+    return (observation.prepare(config.nside, config.lmax, hits=hits),
+            observation_datasets(hits, mask))
+
+
+def observation_datasets(hits: np.ndarray | None, mask: ObservedMask | None) -> dict[str, np.ndarray]:
+    """The whole-file datasets of an observed sims file (each (npix,), RING, at ``nside``).
+
+    ``/mask`` float32: the (apodized) mask, 1 = fully observed, 0 = masked; ``/mask_binary``
+    uint8: 1 where ``/mask`` > 0. Both only with a mask (``--mask``, or pixels without
+    hits). ``/hits`` float64: the hit map the noise was drawn with (regraded), only with
+    ``--hits``. The mask is never multiplied into ``/alm`` or ``/maps``.
+    """
+    out = {}
+    if mask is not None:
+        out["mask"], out["mask_binary"] = mask.weights, mask.binary
+    if hits is not None:
+        out["hits"] = np.asarray(hits, dtype=np.float64)
+    return out
 
 
 def simulation_attrs(config: SimulationConfig) -> dict:
@@ -373,7 +473,9 @@ def simulation_attrs(config: SimulationConfig) -> dict:
     f_NL distribution there is none, and ``ng_amplitude`` and ``fnl`` are NaN (each
     map's is in ``/fnl``; the SPEC in ``fnl_dist``, "" without one). ``regenerate`` is
     a command that rewrites the whole file (shards included) bitwise: floats are
-    printed by repr, which round-trips exactly.
+    printed by repr, which round-trips exactly. An observed file adds its settings
+    (:func:`observation_attrs`) and their options to ``regenerate``; a file without an
+    observation has exactly the attributes it had before observations existed.
     """
     if config.fnl_dist:
         amplitude_flags = f"--fnl-dist {config.fnl_dist}"
@@ -386,7 +488,7 @@ def simulation_attrs(config: SimulationConfig) -> dict:
         amplitude_flags, fnl = f"{amplitude_option} {amplitude!r}", config.fnl
         meaning = "local g_NL" if config.ng_model == "gnl" else "local f_NL"
         labels = f"0 = Gaussian, 1 = non-Gaussian ({meaning}, Sachs-Wolfe)"
-    return {
+    attrs = {
         "nside": config.nside, "lmax": config.lmax, "ng_model": config.ng_model,
         "ng_amplitude": amplitude, "fnl": fnl, "gnl": config.gnl, "fnl_dist": config.fnl_dist,
         "seed": config.seed, "n_maps": config.n_maps, "store": config.store, "ordering": "RING",
@@ -398,3 +500,32 @@ def simulation_attrs(config: SimulationConfig) -> dict:
                        f"{amplitude_flags} --seed {config.seed} --store {config.store}"),
         "kind": "sims",
     }
+    if not config.observation.is_trivial:
+        attrs.update(observation_attrs(config.observation))
+        attrs["regenerate"] += observation_flags(config.observation)
+    return attrs
+
+
+def observation_attrs(observation: ObservationConfig) -> dict:
+    """Attributes of an observed sims file: the settings, FITS hashes, and what they mean."""
+    attrs = {name: getattr(observation, name) for name in OBSERVATION_FIELDS}
+    for name, fits in observation.fits_files.items():
+        attrs[f"{name}_sha256"] = file_sha256(fits)
+    attrs["pixel_window"] = "not applied"
+    attrs["observation_meaning"] = (
+        "/alm and /maps hold d = b_l T_lm + n_lm, band-limited at lmax: b_l the Gaussian beam "
+        "(beam_fwhm_arcmin; no pixel window), n white noise of depth noise_uk_arcmin (uK arcmin), "
+        "modulated by /hits when hits is set; the mask is NOT applied: /mask (float32, apodized "
+        "with apodize_deg, 1 = fully observed) and /mask_binary (uint8, 1 = observed), RING")
+    return attrs
+
+
+def observation_flags(observation: ObservationConfig) -> str:
+    """The ``cmbscat simulate`` options of an observation (" --beam-fwhm 5.0 ..."), defaults left out."""
+    flags = ""
+    for option, name in (("--beam-fwhm", "beam_fwhm_arcmin"), ("--noise", "noise_uk_arcmin"),
+                         ("--hits", "hits"), ("--mask", "mask"), ("--apodize", "apodize_deg")):
+        value = getattr(observation, name)
+        if value:
+            flags += f" {option} " + (repr(value) if isinstance(value, float) else shlex.quote(value))
+    return flags

@@ -16,6 +16,10 @@ Each map's f_NL (:attr:`Source.fnl`) is the file's ``/fnl``; a sims file made be
 ``/fnl`` existed has one f_NL for its non-Gaussian class, so its maps' are recovered
 from the labels and attributes (:func:`stored_fnl`); NaN where unknown (FITS maps, a
 file with neither). The per-map stages copy it into their outputs beside the labels.
+
+An observed sims file (``cmbscat simulate --mask``) carries its mask, exposed as
+:attr:`Source.mask` (the apodized weights) and :attr:`Source.mask_binary`; None for a
+file without one and for FITS maps. No stage applies it yet.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ class Source:
     seeds: np.ndarray    # int64 (N,); -1 = unknown
     fits_map: np.ndarray | None = None
     fnl: np.ndarray | None = None  # float64 (N,): each map's local f_NL; NaN = unknown (None: all)
+    mask: np.ndarray | None = None  # float32 (npix,), RING at nside: weights, 1 = observed; None = full sky
+    mask_binary: np.ndarray | None = None  # bool (npix,), RING: True where observed (mask > 0)
 
     def __post_init__(self):
         n = int(np.asarray(self.labels).size)
@@ -132,6 +138,20 @@ def stored_fnl(f: h5py.File, labels: np.ndarray) -> np.ndarray | None:
     return np.asarray(labels, dtype=np.float64) * amplitude
 
 
+def stored_mask(f: h5py.File, path: Path, nside: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The mask of an open sims file: (weights float32 (npix,), binary bool (npix,)), RING
+    at ``nside``, or (None, None) without ``/mask``. ``/mask_binary`` defaults to
+    ``/mask > 0``; a mask of the wrong size is refused in one line."""
+    if "mask" not in f:
+        return None, None
+    npix = hp.nside2npix(nside)
+    mask = np.asarray(f["mask"][()], dtype=np.float32)
+    binary = (np.asarray(f["mask_binary"][()]) != 0 if "mask_binary" in f else mask > 0)
+    if mask.shape != (npix,) or binary.shape != (npix,):
+        raise CmbscatError(f"{path}: /mask has shape {mask.shape}, expected ({npix},) for nside {nside}")
+    return mask, binary
+
+
 def _is_fits(path: Path) -> bool:
     """FITS by its first card, or a gzipped file named *.fits.gz / *.fit.gz (healpy reads both)."""
     with open(path, "rb") as f:
@@ -169,7 +189,9 @@ def open_source(path: str | Path, purpose: str = "this stage") -> Source:
                 raise CmbscatError(f"{path}: /fnl has shape {f['fnl'].shape}, expected {labels.shape} "
                                    "(one f_NL per map)")
             fnl = stored_fnl(f, labels)
-        return Source(path, "sims", dataset, nside, lmax, labels, seeds, fnl=fnl)
+            mask, mask_binary = stored_mask(f, path, nside)
+        return Source(path, "sims", dataset, nside, lmax, labels, seeds, fnl=fnl, mask=mask,
+                      mask_binary=mask_binary)
     if _is_fits(path):
         try:
             m = hp.read_map(str(path), field=0, dtype=np.float64)
