@@ -256,7 +256,8 @@ class ObservedCubicStatistic:
             raise ValueError(f"mask has shape {self.mask.shape}, expected ({self.npix},)")
         self.data_cl = self.beam**2 * self.cl + self.noise_cl             # C^d_l, uK^2
         inv = inverse_spectrum(self.data_cl)
-        self.w_filter = self.beam * inv                                    # 1/uK^2 (b / C^d)
+        # no sky at l < 2: the noise's monopole and dipole would only add variance
+        self.w_filter = np.where(self.cl > 0, self.beam * inv, 0.0)        # 1/uK^2 (b / C^d)
         self.m_filter = self.beam * self.cl * inv                          # dimensionless (b C / C^d)
         ell = alm_ell_m(self.lmax)[0]
         self._w_alm, self._m_alm = self.w_filter[ell], self.m_filter[ell]
@@ -279,9 +280,11 @@ class ObservedCubicStatistic:
         # iter=0 (~2e-4) would otherwise leak the mask's edge into every statistic
         return hp.map2alm(self.mask * sky_map, lmax=self.lmax, iter=3)
 
-    def filtered_maps(self, alm: np.ndarray, sky_map: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(W, M) of an observed map (a_lm ``alm``, uK; its map ``sky_map`` if at hand), RING."""
-        alm_w = self.masked_alm(alm, sky_map)
+    def filtered_maps(self, alm: np.ndarray, sky_map: np.ndarray | None = None,
+                      masked_alm: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(W, M) of an observed map (a_lm ``alm``, uK; its map ``sky_map`` if at hand; the
+        a_lm of w d ``masked_alm`` if already computed), RING."""
+        alm_w = self.masked_alm(alm, sky_map) if masked_alm is None else masked_alm
         return (synthesis(alm_w * self._w_alm, self.nside, self.lmax, nthreads=self.nthreads),
                 synthesis(alm_w * self._m_alm, self.nside, self.lmax, nthreads=self.nthreads))
 
@@ -301,14 +304,15 @@ class ObservedCubicStatistic:
         self.mean_field_maps = n
         return n
 
-    def __call__(self, alm: np.ndarray, sky_map: np.ndarray | None = None, linear: bool = True) -> float:
+    def __call__(self, alm: np.ndarray, sky_map: np.ndarray | None = None, linear: bool = True,
+                 masked_alm: np.ndarray | None = None) -> float:
         """S (uK) of the observed map with a_lm ``alm`` (band-limited d, uK; its RING map
-        ``sky_map`` at self.nside if at hand). ``linear=False`` leaves the linear terms
-        out (to show what they remove)."""
+        ``sky_map`` at self.nside if at hand; the a_lm of w d ``masked_alm`` if already
+        computed). ``linear=False`` leaves the linear terms out (to show what they remove)."""
         if self.mean_field_maps is None:
             raise ValueError("with a mask, call fit_mean_field on Gaussian maps of the same "
                              "observation first")
-        w, m = self.filtered_maps(alm, sky_map)
+        w, m = self.filtered_maps(alm, sky_map, masked_alm)
         cubic = np.dot(w, m * m)
         if linear:
             cubic -= np.dot(w, self.mean_m2) + 2.0 * np.dot(m, self.mean_wm)

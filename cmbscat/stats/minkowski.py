@@ -141,20 +141,29 @@ class MinkowskiFunctionals:
         np.subtract(lap, hess[0], out=hess[2])
         return grad, hess
 
-    def __call__(self, alm: np.ndarray, sky_map: np.ndarray | None = None) -> np.ndarray:
+    def __call__(self, alm: np.ndarray, sky_map: np.ndarray | None = None,
+                 pixels: np.ndarray | None = None) -> np.ndarray:
         """(V0, V1, V2) at each threshold, shape (3, n_thresholds), float64.
 
         ``alm``: complex (alm_size(lmax),), healpy order; a monopole and dipole are
         allowed (the map is normalised by its own pixel mean and std). ``sky_map``:
         the map of ``alm`` at this nside (RING), if already synthesised; saves one
         synthesis. Its pixels define u, so it must be the map of these a_lm.
+        ``pixels``: bool (npix,), the pixels to use (a masked sky's fully observed ones):
+        u is normalised by their mean and std and the functionals are per unit observed
+        area; None: the full sky.
         """
         if sky_map is None:
             sky_map = synthesis(alm, self.nside, self.lmax, nthreads=self.nthreads)
         sky_map = np.asarray(sky_map, dtype=np.float64)
         if sky_map.shape != (self.npix,):
             raise CmbscatError(f"map of shape {sky_map.shape} is not a full-sky map at nside {self.nside}")
-        mean, std = sky_map.mean(), sky_map.std()
+        if pixels is not None:
+            pixels = np.asarray(pixels, dtype=bool)
+            if pixels.shape != (self.npix,) or not pixels.any():
+                raise CmbscatError("Minkowski pixel selection must be a non-empty (npix,) boolean map")
+        seen = sky_map if pixels is None else sky_map[pixels]
+        mean, std = seen.mean(), seen.std()
         if not np.isfinite(std):
             raise CmbscatError("map has non-finite pixels (NaN or inf); Minkowski functionals need a full sky")
         if not std > 0:
@@ -162,6 +171,8 @@ class MinkowskiFunctionals:
         u = (sky_map - mean) / std
         # derivatives of u: scale the a_lm (n_alm values) rather than five maps (npix each)
         grad, hess = self.derivatives(np.asarray(alm, dtype=np.complex128) / std)
+        if pixels is not None:
+            u, grad, hess = u[pixels], grad[:, pixels], hess[:, pixels]
         return minkowski_from_derivatives(u, grad, hess, self.thresholds, self.width)
 
 

@@ -30,6 +30,7 @@ from cmbscat.lock import OutputLock
 from cmbscat.sky.source import Source, open_source, process_maps
 from cmbscat.sky.spectra import CL_SOURCE, planck2018_cl
 from cmbscat.stats.minkowski import DEFAULT_THRESHOLDS
+from cmbscat.stats.observed import DEFAULT_MEAN_FIELD_MAPS, MEAN_FIELD_SEED, observed_sky
 from cmbscat.stats.summary import STATISTICS, MapStatistics
 from cmbscat.store import Shard, content_hash, file_sha256
 
@@ -46,30 +47,44 @@ class StatsPlan:
         return {**self.params, "shard": str(shard) if shard else None}
 
 
-def stats_plan(in_path: str | Path, lmax: int | None = None) -> StatsPlan:
-    """Check ``in_path`` and build the statistics at band limit ``lmax`` (default: the input's)."""
+def stats_plan(in_path: str | Path, lmax: int | None = None,
+               mean_field_maps: int = DEFAULT_MEAN_FIELD_MAPS) -> StatsPlan:
+    """Check ``in_path`` and build the statistics at band limit ``lmax`` (default: the input's).
+
+    An observed sims file (beam, noise, mask) gets the observed statistics
+    (:mod:`cmbscat.stats.observed`), the cubic statistic's linear terms from
+    ``mean_field_maps`` Gaussian maps of the same observation; its record then says so.
+    """
     source = open_source(in_path, "stats")
     lmax = source.lmax if lmax is None else int(lmax)
     if not 2 <= lmax <= source.lmax:
         raise CmbscatError(f"--lmax must be in 2..{source.lmax} (the input's lmax), got {lmax}")
     check_nside_lmax(source.nside, lmax, "the input's nside")
-    statistics = MapStatistics(source.nside, lmax, planck2018_cl(lmax), DEFAULT_THRESHOLDS)
+    if mean_field_maps < 2:
+        raise CmbscatError(f"--mean-field-maps must be at least 2, got {mean_field_maps}")
+    observed = observed_sky(source.path, source.nside, lmax) if source.kind == "sims" else None
+    statistics = MapStatistics(source.nside, lmax, planck2018_cl(lmax), DEFAULT_THRESHOLDS,
+                               observed=observed, mean_field_maps=mean_field_maps)
     digest = content_hash(source.path) if source.kind == "sims" else file_sha256(source.path)
     params = {"stage": "stats", "source_name": source.path.name, "source_content_sha256": digest,
               "input": source.dataset, "nside": source.nside, "lmax": lmax, "n_maps": source.n_maps,
               "cl_source": CL_SOURCE, "thresholds": statistics.thresholds.tolist(),
               "minkowski_width": statistics.minkowski_width,
               "powspec_edges": statistics.powspec_edges.tolist()}
+    if observed is not None:  # recorded only for observed files: older records stay current
+        params.update({"observation": observed.settings, "mean_field_maps": mean_field_maps,
+                       "mean_field_seed": MEAN_FIELD_SEED})
     return StatsPlan(source, statistics, params)
 
 
 def compute_stats(in_path: str | Path, out_path: str | Path, lmax: int | None = None,
-                  shard: Shard | None = None, progress: bool = True) -> int:
+                  shard: Shard | None = None, progress: bool = True,
+                  mean_field_maps: int = DEFAULT_MEAN_FIELD_MAPS) -> int:
     """Write (or resume, or find complete) the statistics file ``out_path`` of ``in_path``.
 
     Returns the number of maps computed by this call (0 if the file was complete).
     """
-    plan = stats_plan(in_path, lmax)
+    plan = stats_plan(in_path, lmax, mean_field_maps)
     source, statistics = plan.source, plan.statistics
     n = source.n_maps
 
@@ -97,6 +112,17 @@ def compute_stats(in_path: str | Path, out_path: str | Path, lmax: int | None = 
                                  "8 pi^2) of u = (T - mean)/std at /thresholds (Schmalzing & Gorski 1998)",
             "minkowski_width": statistics.minkowski_width,
         }
+        if plan.statistics.observed is not None:
+            attrs.update({
+                **{f"observation_{k}": v for k, v in plan.statistics.observed.settings.items()},
+                "powspec_meaning": "log10 of the (2l+1)-weighted mean pseudo-C_l (uK^2) of the apodized "
+                                   "masked map w d in bins [edges[k], edges[k+1]); no mode-coupling correction",
+                "onepoint_meaning": "skewness, excess kurtosis of d over the fully observed pixels (w = 1)",
+                "cubic_meaning": "S = -sum_x [W M^2 - W <M^2> - 2 M <W M>] 4pi/npix, W, M the b/C^d and "
+                                 "b C/C^d filtered maps of w d, <> over Gaussian maps of the same observation",
+                "minkowski_meaning": "as for a full sky, from the a_lm of w d, over the fully observed "
+                                     "pixels (w = 1), per unit observed area",
+            })
         writer.finalize(per_item={"labels": source.labels[start:stop], "seeds": source.seeds[start:stop],
                                   "fnl": source.fnl[start:stop]},
                         whole={"powspec_edges": statistics.powspec_edges, "thresholds": statistics.thresholds},
