@@ -191,7 +191,10 @@ def scatter(source, out, depth, J0, lam, lmax, oversample, min_nside, map2alm_it
     of the input, uK; with --odd the K odd channels follow, unit uK^(1+q)), /labels,
     /seeds, /paths (one row per S[p] channel, depth columns; -1 padded), /odd_pairs
     (K, 2: j1, j2; j1 = -1 for the scaling band; with --odd) and provenance attributes. Uses /alm when IN has it, else /maps. Maps are processed one at a time;
-    re-running the same command resumes an interrupted run.
+    re-running the same command resumes an interrupted run. IN with a mask (cmbscat
+    simulate --mask): the transform's input is the apodized masked map w d, and OUT also
+    holds /weight float32 (npix_out,), the mask low-passed like the coefficients, in
+    [0, 1]: the networks' pooling weight.
     """
     from cmbscat.scattering.stage import scatter as run
     from cmbscat.scattering.transform import DEFAULT_ITER, DEFAULT_ODD_POWER, DEFAULT_OVERSAMPLE
@@ -211,9 +214,13 @@ def scatter(source, out, depth, J0, lam, lmax, oversample, min_nside, map2alm_it
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--lmax", type=int, default=None,
               help="Band limit of the statistics [default: the input's lmax; 3*nside-1 for a FITS map].")
+@click.option("--mean-field-maps", type=int, default=100, show_default=True,
+              help="Observed files with a mask or a hit map: Gaussian maps of the same observation "
+                   "(beam, noise, mask; their own seeds) from which the cubic statistic's linear "
+                   "(mean-field) terms are estimated, once per run.")
 @_shard_option
 @_progress_option
-def stats(source, out, lmax, shard, progress):
+def stats(source, out, lmax, mean_field_maps, shard, progress):
     """Classical statistics of every map in IN (a sims file or a HEALPix FITS map) into OUT.
 
     OUT holds, per map: /powspec (log10 binned C_l), /onepoint (skewness, excess
@@ -221,13 +228,16 @@ def stats(source, out, lmax, shard, progress):
     shipped Planck 2018 spectrum as its filter) and /minkowski (V0, V1, V2 at 13
     thresholds -3..3 sigma), with /labels and /seeds copied. Computed once, read by
     `cmbscat train --model powspec|onepoint|cubic|minkowski`. Re-running the same
-    command resumes an interrupted run.
+    command resumes an interrupted run. For an observed sims file (cmbscat simulate
+    --beam-fwhm/--noise/--hits/--mask) every statistic reads the apodized masked map:
+    pseudo-C_l, one-point and Minkowski statistics over the fully observed pixels, the
+    cubic statistic with the beam and noise filters and its mean-field terms.
     """
     from cmbscat.stats.stage import compute_stats
     from cmbscat.store import Shard
 
     n_new = compute_stats(source, out, lmax=lmax, shard=Shard.parse(shard) if shard else None,
-                          progress=progress)
+                          progress=progress, mean_field_maps=mean_field_maps)
     click.echo(f"wrote {out} ({n_new} maps computed now)" if n_new else f"{out} is already complete",
                err=True)
 
@@ -321,8 +331,10 @@ def train(data, run_dir, model, epochs, batch_size, lr, weight_decay, val_fracti
                    "predictions.npy and fnl.png) [default: RUN_DIR].")
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
+@click.option("--force", is_flag=True, default=False,
+              help="evaluate even if TEST's beam/noise/mask differ from the training data's")
 @_progress_option
-def evaluate(run_dir, test, out_dir, device, progress):
+def evaluate(run_dir, test, out_dir, device, force, progress):
     """Score the run in RUN_DIR on the labelled maps of TEST.
 
     Writes metrics.json (accuracy with its 68 % Wilson interval, ROC AUC, confusion
@@ -330,11 +342,13 @@ def evaluate(run_dir, test, out_dir, device, progress):
     scores.npy (logits, float64) and roc.png. For an f_NL estimator (trained with
     --target fnl) against TEST's /fnl: bias and sigma(f_NL) in bins of true f_NL, the
     coverage of the predicted 68 % and 95 % intervals (metrics.json), predictions.npy
-    (mean and sigma, float64 (N, 2)) and fnl.png (predicted against true).
+    (mean and sigma, float64 (N, 2)) and fnl.png (predicted against true). A network
+    trained on maps observed otherwise (beam, noise, mask) than TEST is refused unless
+    --force; a masked TEST gives the network its pooling weight.
     """
     from cmbscat.experiment.evaluate import evaluate as run
 
-    m = run(run_dir, test, out_dir, device=device, progress=progress)
+    m = run(run_dir, test, out_dir, device=device, progress=progress, force=force)
     if m.get("target") == "fnl":
         zero = m["at_zero"]
         at_zero = f", sigma at f_NL = 0: {zero['sigma_fnl']:.3g}" if zero else ""

@@ -7,7 +7,9 @@ Run folder contents:
                         configuration or other data is refused;
 * ``model.pt``          the best checkpoint (lowest validation loss) with everything
                         ``evaluate`` needs: model kind and shape, input standardisation
-                        (from the training split only), input geometry;
+                        (from the training split only), input geometry, whether it was
+                        trained with a mask (``masked``) and how its data were observed
+                        (``observation``, :func:`cmbscat.experiment.datasets.observation_identity`);
 * ``last.pt``           the latest epoch's full state (model, optimiser, scheduler,
                         history), from which an interrupted run resumes;
 * ``history.csv``, ``curves.png``   learning curves;
@@ -21,6 +23,11 @@ band limit), and the classical ones, a logistic regression on one statistic
 computed from a sims file: ``powspec`` (binned power spectrum), ``onepoint``
 (skewness and kurtosis), ``cubic`` (the locally optimal cubic statistic, the limit
 for local f_NL) and ``minkowski`` (the three Minkowski functionals at 13 thresholds).
+
+Masked data: a scattering file with ``/weight`` (``cmbscat scatter`` of a masked sims
+file), or a masked sims file for the baseline, gives the networks a pooling weight
+(:func:`model_weight`), passed to every forward pass: the invariant pooling is then a
+weighted mean and standard deviation, and the masked region does not count.
 
 Targets: ``label`` (default), a classifier of Gaussian against non-Gaussian maps;
 ``fnl``, an estimator of each map's f_NL (``/fnl`` of the file, ``cmbscat simulate
@@ -196,6 +203,24 @@ def model_inputs(kind: str, path: str, meta: dict | None = None, progress: bool 
                 raise CmbscatError(f"{path} does not match the trained model: its {kind} statistics "
                                    f"have {key} {found[key]}, the model's {meta.get(key)}")
     return x, found
+
+
+def model_weight(kind: str, path: str, meta: dict) -> np.ndarray | None:
+    """The networks' pooling weight from the file ``path``: float32 (npix,), RING at the
+    input nside ``meta["nside"]``, in [0, 1], one map for every map of the file; None for a
+    file without a mask (and for the classical models).
+
+    hybrid: the scattering file's ``/weight`` (the mask low-passed like the coefficients);
+    baseline: the sims file's mask averaged to the baseline's nside
+    (:func:`cmbscat.experiment.datasets.lowres_weight`).
+    """
+    from cmbscat.experiment import datasets
+
+    if kind == "hybrid":
+        return datasets.scattering_weight(path)
+    if kind == "baseline":
+        return datasets.lowres_weight(path, meta["nside"])
+    return None
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -374,8 +399,9 @@ def _collective_device(device: str) -> str:
 
 
 def _load_inputs(config: TrainConfig, progress: bool):
-    """(inputs, their geometry, labels, f_NL) of the training file, as :func:`model_inputs`
-    reads them; f_NL (float64 (N,), ``/fnl``) only for ``--target fnl``, else None."""
+    """(inputs, their geometry, labels, f_NL, pooling weight) of the training file, as
+    :func:`model_inputs` and :func:`model_weight` read them; f_NL (float64 (N,), ``/fnl``)
+    only for ``--target fnl``, else None; the weight (float32 (npix,)) None without a mask."""
     from cmbscat.experiment.datasets import read_fnl, read_labels
 
     # the targets first: a file without /fnl is refused before its inputs are read
@@ -392,7 +418,8 @@ def _load_inputs(config: TrainConfig, progress: bool):
         fnl = fnl[:config.max_maps] if fnl is not None else None
     if fnl is not None and not np.all(np.isfinite(fnl)):
         raise CmbscatError(f"{config.data}: /fnl is not finite for every map")
-    return x, meta, labels, fnl
+    weight = model_weight(config.model, config.data, meta) if config.model in NN_MODELS else None
+    return x, meta, labels, fnl, weight
 
 
 def classical_classifier():
@@ -405,7 +432,7 @@ def classical_classifier():
 
 
 def _train_classical(run_dir: Path, config: TrainConfig, inputs) -> dict:
-    x, meta, labels, fnl = inputs
+    x, meta, labels, fnl, _ = inputs
     train_idx, val_idx = split_indices(labels, config.val_fraction, config.seed)
     if config.target == "fnl":
         return _fit_fnl_estimator(run_dir, config, x, meta, fnl, train_idx, val_idx)
@@ -487,6 +514,10 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
     (:class:`GlobalBatchNorm1d`); epoch losses and counts are summed over ranks. A global
     batch smaller than the number of ranks (and, as with one process, one of a single map)
     is skipped.
+
+    With a pooling weight (a masked file, :func:`model_weight`) every forward pass gets
+    it: one map for all examples, or with augmentation each example's weight rotated
+    with its maps; its rows follow the batch's rows on every rank.
     """
     import torch
     import torch.nn.functional as F
@@ -501,7 +532,9 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
     dist = dist or DistributedContext()
     collective = _collective_device(device)
 
-    x, meta, labels, fnl = inputs
+    from cmbscat.experiment.datasets import observation_identity
+
+    x, meta, labels, fnl, weight = inputs
     regression = config.target == "fnl"
     train_idx, val_idx = split_indices(labels, config.val_fraction, config.seed)
     mean, std = standardisation(config.model, x[train_idx])
@@ -530,6 +563,8 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
         def batch_scores(out, yb):  # correct predictions
             return int(((out >= 0).float() == yb).sum()), 0.0
 
+    # what evaluate checks a test file against (a checkpoint without it is not checked)
+    observation = {"masked": weight is not None, "observation": observation_identity(config.data)}
     torch.manual_seed(config.seed)
     model = build_model(config.model, in_channels, nside, target_record["n_outputs"]).to(device)
     net = model  # what the training steps call: the model, or its DistributedDataParallel wrapper
@@ -552,13 +587,22 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
 
     x_t = torch.from_numpy(x)
     y_t = torch.from_numpy(targets)
+    # the pooling weight (one map for the file), or None: the unweighted pooling of before
+    weight_t = None if weight is None else torch.from_numpy(np.asarray(weight, np.float32)).to(device)
     augmenter, train_coef, coef_row = None, None, None
     if config.augment:
         from cmbscat.experiment.augment import RotationAugmenter
 
         # harmonic coefficients of the training maps, once, on the training device
         augmenter = RotationAugmenter(nside, device=device)
-        train_coef = torch.from_numpy(augmenter.to_coefficients(x[train_idx]).astype(np.float32)).to(device)
+        maps = x[train_idx]
+        if weight is not None:
+            # the weight rides along as a last channel, after standardisation (it is not
+            # standardised), so that each example's weight turns with its maps: rotating
+            # the mask with the sky is valid augmentation, the sky being statistically
+            # isotropic (a rotated masked sky is a masked sky of the same class)
+            maps = np.concatenate([maps, np.broadcast_to(weight, (len(maps), 1, weight.size))], axis=1)
+        train_coef = torch.from_numpy(augmenter.to_coefficients(maps).astype(np.float32)).to(device)
         coef_row = {int(i): k for k, i in enumerate(train_idx)}
 
     def run_epoch(indices, train: bool, generator=None, rotations=None):
@@ -573,17 +617,22 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
                 continue  # batch norm needs two samples: this map is not used, nor counted
             rows = dist.local_slice(batch) if train else slice(None)
             local = batch[rows]
+            wb = weight_t  # (npix,) for every example, or None
             if rotations is not None:  # each example under its own random rotation
                 angles = random_rotation_angles(rotations, len(batch))  # for the whole global batch
                 coef = train_coef[torch.as_tensor([coef_row[i] for i in local.tolist()], device=device)]
                 xb = augmenter.rotate_tensor(coef, torch.from_numpy(angles[rows]))
+                if weight_t is not None:  # split the rotated weight off: (local batch, npix)
+                    # the weight is clipped to [0, 1] at its source, hence not exactly
+                    # band-limited: its rotation rings a little outside [0, 1]
+                    xb, wb = xb[:, :-1], xb[:, -1].clamp(0.0, 1.0)
             else:
                 xb = x_t[local].to(device)
             yb = y_t[local].to(device)
             if train:
                 set_global_batch(model, len(batch), rows)
             with torch.set_grad_enabled(train):
-                out = net(xb) if train else model(xb)
+                out = net(xb, wb) if train else model(xb, wb)
                 if dist.active:  # DDP averages over ranks: scale so that this is the global mean
                     loss_sum = batch_loss(out, yb, "sum")
                     loss = loss_sum * (dist.world_size / len(batch))
@@ -634,7 +683,7 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
             calibration = {"calibration": val_calibration} if regression else {}
             _atomic_torch_save({"kind": config.model, "in_channels": in_channels, "nside": nside,
                                 "meta": meta, "mean": mean, "std": std, "epoch": epoch + 1,
-                                **target_record, **calibration,
+                                **target_record, **calibration, **observation,
                                 "model": {k: v.cpu() for k, v in model.state_dict().items()}},
                                best_path)
         _atomic_torch_save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),

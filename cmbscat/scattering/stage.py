@@ -11,9 +11,20 @@ Reads a sims file (DESIGN.md layout: ``/alm`` and/or ``/maps``, ``/labels``,
     /odd_pairs int64 (K, 2)            (j1, j2) of each odd channel C[j1, j2] (``odd=True`` only;
                                        j1 = -1: the scaling band); channel P + k is C[odd_pairs[k]],
                                        so C = P + K (files without it: K = 0, C = P)
+    /weight  float32 (npix_out,)       only from a masked sims file: the mask w low-passed like the
+                                       coefficients ((w * Phi) at nside_out, RING, clipped to [0, 1]),
+                                       the weight of the networks' pooling; one map for the file
     attrs    kind="scattering", lmax, lam, J0, depth, nside_out, lmax_out, oversample,
              map2alm_iter, odd, odd_power, source ("<name> content-sha256:<hex>"),
-             input ("alm" | "maps" | "fits"), cmbscat_version, unit, ordering, channel_names, ...
+             input ("alm" | "maps" | "fits"), cmbscat_version, unit, ordering, channel_names, ...;
+             from an observed sims file also its observation identity
+             (:func:`cmbscat.sky.source.observation_record`: beam_fwhm_arcmin, noise_uk_arcmin,
+             hits, mask, apodize_deg, FITS hashes, mask_content_sha256) and, with a mask,
+             masked=True and mask_map2alm_iter
+
+With a mask (DESIGN.md "Observations"), the transform's input is the apodized masked map
+w d (:meth:`cmbscat.sky.source.Source.masked_alm`), not d: the networks see what an
+analysis of the observed sky would, the cut region at zero, and pool with ``/weight``.
 
 Maps are processed one at a time (memory independent of N), each finished map is
 saved on its own (resumable, see :mod:`cmbscat.store`), and ``shard`` restricts the
@@ -34,7 +45,8 @@ from cmbscat.lock import OutputLock
 from cmbscat.scattering.transform import (DEFAULT_ITER, DEFAULT_ODD_POWER, DEFAULT_OVERSAMPLE,
                                           Scattering, default_J0)
 from cmbscat.scattering.wavelets import n_scales
-from cmbscat.sky.source import INPUT_MAP2ALM_ITER, Source, open_source, process_maps
+from cmbscat.sky.source import (INPUT_MAP2ALM_ITER, MASKED_MAP2ALM_ITER, OBSERVATION_DEFAULTS,
+                                Source, open_source, process_maps)
 from cmbscat.store import Shard, content_hash, file_sha256
 
 @dataclass
@@ -97,6 +109,9 @@ def scatter_plan(in_path: str | Path, depth: int = 2, J0: int | None = None, lam
     if odd:  # recorded only when on, so files made before odd channels existed stay current
         params.update(odd=True, odd_power=int(odd_power),
                       odd_pairs=[[int(j1), int(j2)] for j1, j2 in sc.odd_pairs])
+    if source.mask is not None:  # likewise; and a file of the unmasked transform of a masked
+        # sims file (made before masks were applied) is refused rather than taken for current
+        params.update(masked=True, mask_map2alm_iter=MASKED_MAP2ALM_ITER)
     return ScatterPlan(source, sc, params)
 
 
@@ -120,9 +135,11 @@ def scatter(in_path: str | Path, out_path: str | Path, depth: int = 2, J0: int |
     lmax, J0, digest = params["lmax"], params["J0"], params["source_content_sha256"]
     n = source.n_maps
     with OutputLock(out_path):  # a second run on out_path is refused here, before any write
+        # without a mask masked_alm is alm: the same numbers as before masks existed
         writer, (start, stop), computed = process_maps(
             source, out_path, plan.shard_params(shard), shard,
-            lambda src, i, h5: {"coeffs": sc(src.alm(i, lmax, h5)).astype(np.float32)}, "scatter", progress)
+            lambda src, i, h5: {"coeffs": sc(src.masked_alm(i, lmax, h5)).astype(np.float32)},
+            "scatter", progress)
         if writer.complete:
             return 0
         attrs = {
@@ -140,8 +157,18 @@ def scatter(in_path: str | Path, out_path: str | Path, depth: int = 2, J0: int |
                                   "/paths' in /odd_pairs order; j1 = -1: the scaling band f*Phi"),
             "cmbscat_version": __version__,
         }
+        whole = {"paths": sc.paths_array(), **({"odd_pairs": sc.odd_pairs_array()} if odd else {})}
+        if source.observation != OBSERVATION_DEFAULTS:  # copied so that later stages can compare
+            attrs.update(source.observation)  # a model's training data with a test file
+        if source.mask is not None:
+            # one map for the file, not per map: a shard file holds it whole, and combine
+            # takes the first shard's (cmbscat.store.combine_shards)
+            whole["weight"] = sc.weight_map(source.mask).astype(np.float32)
+            attrs.update(masked=True, mask_map2alm_iter=MASKED_MAP2ALM_ITER,
+                         weight_meaning="/weight: the mask w low-passed like the coefficients, "
+                                        "(w * Phi) at nside_out, RING, clipped to [0, 1]; /coeffs are "
+                                        "S[p] of the apodized masked map w d")
         writer.finalize(per_item={"labels": source.labels[start:stop], "seeds": source.seeds[start:stop],
                                   "fnl": source.fnl[start:stop]},
-                        whole={"paths": sc.paths_array(),
-                               **({"odd_pairs": sc.odd_pairs_array()} if odd else {})}, attrs=attrs)
+                        whole=whole, attrs=attrs)
         return computed

@@ -379,6 +379,25 @@ class Scattering:
         return np.stack([hp.alm2map(a, self.nside_out, lmax=self.lmax_out, mmax=self.lmax_out)
                          for a in coeff_alm])
 
+    def weight_map(self, mask: np.ndarray) -> np.ndarray:
+        """The pooling weight of coefficients computed from a masked map: float64 (npix_out,),
+        RING at ``nside_out``, in [0, 1].
+
+        ``mask``: weights w (npix,), RING at ``self.nside``, in [0, 1] (1 = observed). The
+        weight is w low-passed like the coefficients, (w * Phi) sampled at nside_out (phi_0
+        = 1: the mean of w is kept, a constant mask stays that constant), clipped to
+        [0, 1]: the low-pass rings a little (below 0 in a wide cut, above 1 near its edge).
+        w is analysed with ``map2alm(iter=3)`` up to lmax_out: it is not band-limited.
+        """
+        mask = np.asarray(mask, dtype=np.float64)
+        if mask.shape != (hp.nside2npix(self.nside),):
+            raise CmbscatError(f"a mask must have {hp.nside2npix(self.nside)} pixels (nside "
+                               f"{self.nside}), got shape {mask.shape}")
+        w_alm = hp.map2alm(mask, lmax=self.lmax_out, mmax=self.lmax_out, iter=3, use_weights=False)
+        low = hp.alm2map(hp.almxfl(w_alm, self.phi), self.nside_out, lmax=self.lmax_out,
+                         mmax=self.lmax_out)
+        return np.clip(low, 0.0, 1.0)
+
     def order(self) -> np.ndarray:
         """Path length of each channel (0 for S[()]; -1 for the odd channels)."""
         return np.array([len(p) for p in self.paths] + [-1] * len(self.odd_pairs))

@@ -19,7 +19,11 @@ file with neither). The per-map stages copy it into their outputs beside the lab
 
 An observed sims file (``cmbscat simulate --mask``) carries its mask, exposed as
 :attr:`Source.mask` (the apodized weights) and :attr:`Source.mask_binary`; None for a
-file without one and for FITS maps. No stage applies it yet.
+file without one and for FITS maps. The networks' stages read the masked map w d through
+:meth:`Source.masked_alm`. :attr:`Source.observation` is the file's observation identity
+(:func:`observation_record`: beam, noise, hits, mask SPEC, apodization, the mask's content
+hash), which the stages copy so that a model's training data can be checked against a
+test file.
 """
 
 from __future__ import annotations
@@ -28,16 +32,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
+import hashlib
+
 import h5py
 import healpy as hp
 import numpy as np
 from tqdm import tqdm
 
 from cmbscat.errors import CmbscatError
-from cmbscat.healpix import resize_alm
+from cmbscat.healpix import resize_alm, synthesis
 from cmbscat.store import ItemWriter, Shard, file_kind
 
 INPUT_MAP2ALM_ITER = 3  # maps given as input (no /alm): map2alm iterations, ~4e-7 relative error
+# w d is not band-limited (the mask's edge has power at every l): one quadrature pass
+# (iter 0) leaves an error of ~2e-4 that leaks the mask's edge into every multipole;
+# three Jacobi iterations bring it down to the level of the maps given as input
+MASKED_MAP2ALM_ITER = 3
+
+#: The observation identity of a file (:func:`observation_record`) and each entry's value
+#: for a file without it (the settings of ``cmbscat simulate``, plus the SHA-256 of any FITS
+#: file they name and of the stored mask weights): a file made before observations existed
+#: reads as not observed.
+OBSERVATION_DEFAULTS = {"beam_fwhm_arcmin": 0.0, "noise_uk_arcmin": 0.0, "hits": "", "hits_sha256": "",
+                        "mask": "", "mask_sha256": "", "apodize_deg": 0.0, "mask_content_sha256": ""}
 
 
 @dataclass
@@ -55,11 +72,14 @@ class Source:
     fnl: np.ndarray | None = None  # float64 (N,): each map's local f_NL; NaN = unknown (None: all)
     mask: np.ndarray | None = None  # float32 (npix,), RING at nside: weights, 1 = observed; None = full sky
     mask_binary: np.ndarray | None = None  # bool (npix,), RING: True where observed (mask > 0)
+    observation: dict | None = None  # observation_record of the file (None: not observed, defaults)
 
     def __post_init__(self):
         n = int(np.asarray(self.labels).size)
         self.fnl = (np.full(n, np.nan) if self.fnl is None
                     else np.asarray(self.fnl, dtype=np.float64).reshape(n))
+        if self.observation is None:
+            self.observation = dict(OBSERVATION_DEFAULTS)
 
     @property
     def n_maps(self) -> int:
@@ -80,6 +100,27 @@ class Source:
             self._check_finite(row, index)
             return resize_alm(row, self.lmax, lmax)
         return hp.map2alm(self.pixels(index, h5), lmax=lmax, mmax=lmax, iter=INPUT_MAP2ALM_ITER,
+                          use_weights=False)
+
+    def masked_alm(self, index: int, lmax: int, h5: h5py.File | None = None) -> np.ndarray:
+        """a_lm (complex128, healpy order, band limit ``lmax``) of map ``index`` as the
+        networks see it: the apodized masked map w d when the file has a mask, else
+        :meth:`alm` (the same numbers, bitwise).
+
+        d is the observed map at this file's nside: /maps as stored, or /alm synthesised at
+        the file's full band limit (so that the mask's mode coupling brings the multipoles
+        above ``lmax`` down, as on the sky); w d is analysed with ``map2alm`` and
+        ``MASKED_MAP2ALM_ITER`` iterations.
+        """
+        if self.mask is None:
+            return self.alm(index, lmax, h5)
+        if self.dataset == "alm":
+            row = np.asarray(h5["alm"][index], dtype=np.complex128)
+            self._check_finite(row, index)
+            sky_map = synthesis(row, self.nside, self.lmax)
+        else:
+            sky_map = self.pixels(index, h5)
+        return hp.map2alm(self.mask * sky_map, lmax=lmax, mmax=lmax, iter=MASKED_MAP2ALM_ITER,
                           use_weights=False)
 
     def pixels(self, index: int, h5: h5py.File | None = None) -> np.ndarray:
@@ -152,6 +193,29 @@ def stored_mask(f: h5py.File, path: Path, nside: int) -> tuple[np.ndarray | None
     return mask, binary
 
 
+def mask_digest(mask: np.ndarray) -> str:
+    """SHA-256 (hex) of mask weights as float32 (npix,) RING bytes: the mask's identity."""
+    return hashlib.sha256(np.ascontiguousarray(mask, dtype=np.float32).tobytes()).hexdigest()
+
+
+def observation_record(attrs: Mapping, mask: np.ndarray | None = None) -> dict:
+    """The observation identity of a file from its attributes: every key of
+    :data:`OBSERVATION_DEFAULTS`, its default where the attributes lack it.
+
+    ``mask``: the file's ``/mask`` weights (a sims file), whose :func:`mask_digest` is
+    ``mask_content_sha256``; without it that entry is read from the attributes (a
+    scattering file, which copies it). Two files observed alike have equal records.
+    """
+    out = {}
+    for key, default in OBSERVATION_DEFAULTS.items():
+        value = attrs.get(key, default)
+        value = value.decode() if isinstance(value, bytes) else value
+        out[key] = float(value) if isinstance(default, float) else str(value)
+    if mask is not None:
+        out["mask_content_sha256"] = mask_digest(mask)
+    return out
+
+
 def _is_fits(path: Path) -> bool:
     """FITS by its first card, or a gzipped file named *.fits.gz / *.fit.gz (healpy reads both)."""
     with open(path, "rb") as f:
@@ -190,8 +254,9 @@ def open_source(path: str | Path, purpose: str = "this stage") -> Source:
                                    "(one f_NL per map)")
             fnl = stored_fnl(f, labels)
             mask, mask_binary = stored_mask(f, path, nside)
+            observation = observation_record(f.attrs, mask)
         return Source(path, "sims", dataset, nside, lmax, labels, seeds, fnl=fnl, mask=mask,
-                      mask_binary=mask_binary)
+                      mask_binary=mask_binary, observation=observation)
     if _is_fits(path):
         try:
             m = hp.read_map(str(path), field=0, dtype=np.float64)
