@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # Users with a GPU: install the CUDA build of torch first, then `make install`.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install test smoke reproduce reproduce-sealed fnl-scan gnl-scan fnl-regression learning-curve bench clean
+.PHONY: install test smoke reproduce reproduce-sealed fnl-scan gnl-scan fnl-regression observed learning-curve bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ gnl-scan:  ## the same against g_NL (the second non-Gaussian model)
 
 fnl-regression:  ## estimate f_NL with errors: every method's sigma against the optimal estimator's
 	$(BIN)/cmbscat pipeline pipelines/fnl_regression.json
+
+observed:  ## every method on the same maps: noiseless full sky, beam + noise, beam + noise + mask
+	$(BIN)/cmbscat pipeline pipelines/observed.json
 
 learning-curve:  ## hybrid (with / without odd channels, rotations) and cubic S against training maps
 	$(PY) benchmarks/learning_curve.py --out results/learning_curve

@@ -396,7 +396,9 @@ def pipeline(config, device, scan, models, rerun_changed, sealed, executor, sche
     """Run every stage of the experiment in the JSON file CONFIG and write its results table.
 
     pipelines/paper.json is the paper's experiment (make reproduce), pipelines/smoke.json
-    the same chain at tiny size (make smoke). A stage is reused only when its output
+    the same chain at tiny size (make smoke). A config with an 'observations' object
+    (pipelines/observed.json, make observed) runs the experiment once per observation
+    setting (beam, noise, mask) and compares them. A stage is reused only when its output
     records the config's settings and the content hashes of its inputs; an interrupted
     run resumes.
     """
@@ -413,8 +415,16 @@ def pipeline(config, device, scan, models, rerun_changed, sealed, executor, sche
         slurm_options = load_config(config).get("slurm")
         if not isinstance(slurm_options, dict):
             raise CmbscatError(f"--slurm needs a 'slurm' object of SLURMCluster options in {config}")
+    observed = "observations" in load_config(config)
+    if observed and (scan or sealed):
+        raise CmbscatError("an 'observations' config runs its own settings: not with --scan or --sealed")
     with ShardExecutor(executor, scheduler, slurm_options) as shard_executor:
-        if scan:
+        if observed:
+            from cmbscat.experiment.observed_experiment import run_observed
+
+            table = run_observed(config, device=device, progress=progress, only=only,
+                                 rerun_changed=rerun_changed, executor=shard_executor)
+        elif scan:
             table = run_scan(config, device=device, progress=progress, only=only,
                              rerun_changed=rerun_changed, executor=shard_executor)
         else:

@@ -62,6 +62,9 @@ METHOD_NAMES = {
     "minkowski": "logistic regression, Minkowski functionals",
 }
 NETWORKS = ("hybrid", "baseline")
+#: A config's ``simulate.observation`` settings and the ``cmbscat simulate`` options they become.
+OBSERVATION_OPTIONS = {"beam_fwhm_arcmin": "beam_fwhm", "noise_uk_arcmin": "noise", "hits": "hits",
+                       "mask": "mask", "apodize_deg": "apodize"}
 
 
 def load_config(path: str | Path) -> dict:
@@ -408,10 +411,15 @@ class Experiment:
         n_maps, seed = _split_sizes(self.sim, split)
         ng_model = self.sim.get("ng_model", "local")
         fnl_dist = self.sim.get(f"fnl_dist_{split}", "")  # per-map f_NL (regression configs)
+        observation = dict(self.sim.get("observation", {}))  # beam, noise, mask (observed configs)
+        unknown = sorted(set(observation) - set(OBSERVATION_OPTIONS))
+        if unknown:
+            raise CmbscatError(f"simulate.observation has unknown settings: {', '.join(unknown)} "
+                               f"(known: {', '.join(OBSERVATION_OPTIONS)})")
         config = SimulationConfig(n_maps=n_maps, nside=self.sim["nside"], lmax=self.sim["lmax"],
                                   fnl=self.sim.get("fnl", 0.0), seed=seed, ng_model=ng_model,
                                   store=self.sim.get("store", "alm"), gnl=self.sim.get("gnl", 0.0),
-                                  fnl_dist=fnl_dist)
+                                  fnl_dist=fnl_dist, **observation)
         config.validate()
         path, shards = self.sims_path(split), shard_paths_for(self.sims_path(split), self.workers)
 
@@ -419,9 +427,11 @@ class Experiment:
             if self.workers > 1:
                 amplitudes = ({"fnl_dist": config.fnl_dist} if config.fnl_dist else
                               {"fnl": config.fnl, "gnl": config.gnl})
+                observed = {OBSERVATION_OPTIONS[k]: getattr(config, k) for k in OBSERVATION_OPTIONS
+                            if getattr(config, k)}  # the defaults mean "none": left out
                 flags = _cli_flags({"n_maps": config.n_maps, "nside": config.nside, "lmax": config.lmax,
                                     "ng_model": config.ng_model, **amplitudes,
-                                    "seed": config.seed, "store": config.store})
+                                    "seed": config.seed, "store": config.store, **observed})
                 run_sharded("simulate", flags, path, config.n_maps, self.workers, self.progress,
                             self.executor)
             else:
