@@ -46,6 +46,51 @@ def _progress_option(func):
                         help="Show a progress bar on stderr.")(func)
 
 
+def _fits_observation_options(func):
+    """The options that describe a user's FITS map (IN): its mask, apodization, beam,
+    noise, hits and the analysis nside (:mod:`cmbscat.sky.fits_map`)."""
+    options = [
+        click.option("--mask", "mask", default="", metavar="FITS|SPEC", show_default=False,
+                     help="FITS map IN only: its mask, a HEALPix FITS file with values in [0, 1] "
+                          "(0 masked; any nside, any ordering: regraded with a note, a coarse "
+                          "pixel taking its smallest weight; NaN/UNSEEN pixels masked), or a "
+                          "built-in SPEC as for simulate (galactic:DEG,sources:N). IN's own "
+                          "NaN, inf and UNSEEN pixels are always masked (a note says how many). "
+                          "Use the mask the model was trained with: evaluate compares them."),
+        click.option("--apodize", "apodize", type=float, default=0.0, metavar="DEG",
+                     help="FITS map IN only: apodize the mask's edges over DEG degrees with "
+                          "simulate's C1 taper. Needs --mask. 0 = none."),
+        click.option("--beam-fwhm", "beam_fwhm", type=float, default=0.0, metavar="ARCMIN",
+                     help="FITS map IN only: the Gaussian beam FWHM (arcmin) the map was observed "
+                          "with, as simulate's (no pixel window). Recorded; stats filter the cubic "
+                          "statistic with it and draw its mean-field maps through it. 0 = none."),
+        click.option("--noise", "noise", type=float, default=0.0, metavar="UK_ARCMIN",
+                     help="FITS map IN only: its white-noise depth (uK arcmin), as simulate's; "
+                          "recorded, and used by stats as --beam-fwhm is. 0 = none."),
+        click.option("--hits", "hits", default="", metavar="FITS|scan", show_default=False,
+                     help="FITS map IN only: its hit map, as simulate's (needs --noise)."),
+        click.option("--nside", "nside", type=int, default=None,
+                     help="FITS map IN only: the analysis nside, that of the model's training sims. "
+                          "A map at a higher nside is brought down in harmonic space (its a_lm up to "
+                          "3*NSIDE-1, masked pixels set to 0 first, synthesised at NSIDE; not "
+                          "ud_grade, whose pixel averaging would add a pixel window the training "
+                          "maps never had); a map below it is refused. [default: the map's nside]"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _fits_observation(mask, apodize, beam_fwhm, noise, hits):
+    """The ObservationConfig the FITS options declare, or None when none is given."""
+    from cmbscat.sky.observe import ObservationConfig
+
+    if not (mask or apodize or beam_fwhm or noise or hits):
+        return None
+    return ObservationConfig(beam_fwhm_arcmin=beam_fwhm, noise_uk_arcmin=noise, hits=hits, mask=mask,
+                             apodize_deg=apodize)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"],
                                             "show_default": True})
 @click.version_option(__version__, prog_name="cmbscat")
@@ -181,10 +226,11 @@ def simulate(out, n_maps, nside, lmax, fnl, gnl, seed, ng_model, store, fnl_dist
                    "the S[p] channels other than S[()] are even in f.")
 @click.option("--odd-power", type=int, default=None,
               help="q of the odd channels' envelope |f*Psi_j2|^q: 1 or 2. [default: 2]")
+@_fits_observation_options
 @_shard_option
 @_progress_option
 def scatter(source, out, depth, J0, lam, lmax, oversample, min_nside, map2alm_iter, odd, odd_power,
-            shard, progress):
+            mask, apodize, beam_fwhm, noise, hits, nside, shard, progress):
     """Scattering coefficients of every map in IN (a sims file or a HEALPix FITS map) into OUT.
 
     OUT holds /coeffs float32 (N, C, npix_out) in RING order at nside_out (raw S[p], unit
@@ -195,6 +241,12 @@ def scatter(source, out, depth, J0, lam, lmax, oversample, min_nside, map2alm_it
     simulate --mask): the transform's input is the apodized masked map w d, and OUT also
     holds /weight float32 (npix_out,), the mask low-passed like the coefficients, in
     [0, 1]: the networks' pooling weight.
+
+    A user's FITS map (e.g. Planck SMICA; RING or NESTED, from its header) takes the same
+    path: declare how it was observed with --mask/--apodize/--beam-fwhm/--noise (as the
+    model's training sims were) and give --nside and --lmax of the model; OUT then records
+    the observation as a sims file's scattering does, label -1 and /fnl NaN, for
+    `cmbscat evaluate RUN OUT`.
     """
     from cmbscat.scattering.stage import scatter as run
     from cmbscat.scattering.transform import DEFAULT_ITER, DEFAULT_ODD_POWER, DEFAULT_OVERSAMPLE
@@ -204,7 +256,8 @@ def scatter(source, out, depth, J0, lam, lmax, oversample, min_nside, map2alm_it
                 oversample=DEFAULT_OVERSAMPLE if oversample is None else oversample,
                 iter=DEFAULT_ITER if map2alm_iter is None else map2alm_iter, min_nside=min_nside,
                 odd=odd, odd_power=DEFAULT_ODD_POWER if odd_power is None else odd_power,
-                shard=Shard.parse(shard) if shard else None, progress=progress)
+                shard=Shard.parse(shard) if shard else None, progress=progress,
+                observation=_fits_observation(mask, apodize, beam_fwhm, noise, hits), nside=nside)
     click.echo(f"wrote {out} ({n_new} maps computed now)" if n_new else f"{out} is already complete",
                err=True)
 
@@ -218,9 +271,10 @@ def scatter(source, out, depth, J0, lam, lmax, oversample, min_nside, map2alm_it
               help="Observed files with a mask or a hit map: Gaussian maps of the same observation "
                    "(beam, noise, mask; their own seeds) from which the cubic statistic's linear "
                    "(mean-field) terms are estimated, once per run.")
+@_fits_observation_options
 @_shard_option
 @_progress_option
-def stats(source, out, lmax, mean_field_maps, shard, progress):
+def stats(source, out, lmax, mean_field_maps, mask, apodize, beam_fwhm, noise, hits, nside, shard, progress):
     """Classical statistics of every map in IN (a sims file or a HEALPix FITS map) into OUT.
 
     OUT holds, per map: /powspec (log10 binned C_l), /onepoint (skewness, excess
@@ -232,12 +286,19 @@ def stats(source, out, lmax, mean_field_maps, shard, progress):
     --beam-fwhm/--noise/--hits/--mask) every statistic reads the apodized masked map:
     pseudo-C_l, one-point and Minkowski statistics over the fully observed pixels, the
     cubic statistic with the beam and noise filters and its mean-field terms.
+
+    A user's FITS map takes the same path with the observation declared by
+    --mask/--apodize/--beam-fwhm/--noise (the cubic's mean field from Gaussian maps of
+    that beam, noise and mask) at the model's --nside and --lmax; OUT records it, with
+    label -1 and /fnl NaN, for `cmbscat evaluate RUN OUT`.
     """
     from cmbscat.stats.stage import compute_stats
     from cmbscat.store import Shard
 
     n_new = compute_stats(source, out, lmax=lmax, shard=Shard.parse(shard) if shard else None,
-                          progress=progress, mean_field_maps=mean_field_maps)
+                          progress=progress, mean_field_maps=mean_field_maps,
+                          observation=_fits_observation(mask, apodize, beam_fwhm, noise, hits),
+                          nside=nside)
     click.echo(f"wrote {out} ({n_new} maps computed now)" if n_new else f"{out} is already complete",
                err=True)
 
@@ -328,14 +389,22 @@ def train(data, run_dir, model, epochs, batch_size, lr, weight_decay, val_fracti
 @click.argument("test", type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for metrics.json, scores.npy and roc.png (f_NL estimators: "
-                   "predictions.npy and fnl.png) [default: RUN_DIR].")
+                   "predictions.npy and fnl.png; an unlabelled TEST: scores.json) [default: RUN_DIR].")
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
 @click.option("--force", is_flag=True, default=False,
               help="evaluate even if TEST's beam/noise/mask differ from the training data's")
+@click.option("--reference", "reference", type=click.Path(dir_okay=False), default=None, metavar="TEST.h5",
+              help="Unlabelled TEST only (a user's map): a labelled test file of the same kind as "
+                   "TEST (scattering or statistics of simulated maps observed as the training data) "
+                   "whose Gaussian maps give each map's false-alarm probability, the one-sided "
+                   "empirical p-value p = (1 + k) / (1 + n), k of the n Gaussian reference maps "
+                   "scoring at least as high as the map; its floor is 1 / (1 + n) (n = 100: "
+                   "nothing below 0.0099). [default: the test file of RUN_DIR/metrics.json, "
+                   "the run's own evaluation]")
 @_progress_option
-def evaluate(run_dir, test, out_dir, device, force, progress):
-    """Score the run in RUN_DIR on the labelled maps of TEST.
+def evaluate(run_dir, test, out_dir, device, force, reference, progress):
+    """Score the run in RUN_DIR on the labelled maps of TEST, or on a user's maps.
 
     Writes metrics.json (accuracy with its 68 % Wilson interval, ROC AUC, confusion
     matrix [[TN, FP], [FN, TP]], n, and the hashes of the model file and of TEST),
@@ -345,9 +414,22 @@ def evaluate(run_dir, test, out_dir, device, force, progress):
     (mean and sigma, float64 (N, 2)) and fnl.png (predicted against true). A network
     trained on maps observed otherwise (beam, noise, mask) than TEST is refused unless
     --force; a masked TEST gives the network its pooling weight.
+
+    An unlabelled TEST (label -1: `cmbscat scatter` or `stats` of a FITS map) is scored
+    map by map instead, one line each on stdout: the score (logit), the probability of
+    non-Gaussianity (sigmoid of the score, at the training set's 50/50 class balance) and
+    the false-alarm probability among the Gaussian maps of --reference (see there); for an
+    f_NL estimator, f_NL +/- sigma. They are written to OUT/scores.json too.
     """
     from cmbscat.experiment.evaluate import evaluate as run
+    from cmbscat.experiment.evaluate import is_unlabelled, score_maps
 
+    if _is_stage_file(test) and is_unlabelled(test):
+        _print_scores(score_maps(run_dir, test, reference, out_dir, device=device, progress=progress,
+                                 force=force), out_dir or run_dir)
+        return
+    if reference is not None:
+        raise CmbscatError(f"--reference is for unlabelled maps (a user's map); {test} is labelled")
     m = run(run_dir, test, out_dir, device=device, progress=progress, force=force)
     if m.get("target") == "fnl":
         zero = m["at_zero"]
@@ -360,6 +442,33 @@ def evaluate(run_dir, test, out_dir, device, force, progress):
     auc = f"{m['auc']:.3f}" if m["auc"] is not None else "n/a (one class)"
     click.echo(f"{run_dir} on {test}: accuracy {m['accuracy']:.3f} (68 % Wilson interval "
                f"{low:.3f}-{high:.3f}), AUC {auc}, n = {m['n']}", err=True)
+
+
+def _is_stage_file(path) -> bool:
+    """True for a readable stage file with /labels (others are refused by evaluate itself)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "labels" in f
+    except OSError:
+        return False
+
+
+def _print_scores(result: dict, out_dir) -> None:
+    """One stdout line per map of :func:`cmbscat.experiment.evaluate.score_maps`'s result."""
+    from pathlib import Path
+
+    for row in result["maps"]:
+        if result["target"] == "fnl":
+            click.echo(f"map {row['index']}: f_NL = {row['fnl']:.4g} +/- {row['sigma_fnl']:.3g} (1 sigma)")
+        else:
+            n = result["n_reference_gaussian"]
+            click.echo(f"map {row['index']}: score {row['score']:+.4f} (logit), P(non-Gaussian) "
+                       f"{row['probability']:.4f}, false-alarm p = {row['p_value']:.4g} "
+                       f"({row['n_gaussian_at_or_above']} of {n} Gaussian reference maps score >= it; "
+                       f"floor {result['p_value_floor']:.3g})")
+    click.echo(f"wrote {Path(out_dir) / 'scores.json'}", err=True)
 
 
 @main.command()

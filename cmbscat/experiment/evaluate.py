@@ -10,6 +10,12 @@ instead (:mod:`cmbscat.experiment.fnl_metrics`): bias and sigma(f_NL) in bins of
 f_NL, the coverage of the predicted 68 % and 95 % intervals; ``predictions.npy``
 (float64 (N, 2): mean and sigma of f_NL) and ``fnl.png`` (predicted against true).
 
+An unlabelled file (labels -1: the scattering or statistics of a user's FITS map,
+:mod:`cmbscat.sky.fits_map`) is scored map by map instead (:func:`score_maps`): the
+logit, its probability and its false-alarm probability among the Gaussian maps of a
+labelled reference test set (:func:`false_alarm_probability`), or an f_NL estimator's
+estimate and sigma; ``scores.json``.
+
 A network's checkpoint records how its training data were observed (beam, noise, mask:
 :func:`cmbscat.experiment.datasets.observation_identity`); a test file observed otherwise
 (a masked-trained model on an unmasked file, another mask, another beam) is refused in
@@ -77,11 +83,13 @@ def observation_mismatch(run_dir: str | Path, saved: dict, data: str | Path, for
     observed ("" if nothing, or if the checkpoint ``saved`` predates the record); refused
     in one line unless ``force``."""
     from cmbscat.experiment.datasets import observation_identity
+    from cmbscat.sky.source import comparable_observations
 
     trained = saved.get("observation")
     if trained is None:  # a model saved before the record existed: nothing to check against
         return ""
-    test = observation_identity(data)
+    # a mask is known by its content, not by how each file named it (a SPEC or a FITS path)
+    trained, test = comparable_observations(trained, observation_identity(data))
     if not differing_keys(trained, test):
         return ""
     what = describe_difference(trained, test)
@@ -201,8 +209,9 @@ def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path | None =
         return evaluate_fnl(run_dir, data, config, out_dir, device, progress, t0, forced)
     labels = read_labels(data)
     if np.any(labels < 0):
-        raise CmbscatError(f"{data} has maps without labels (e.g. a single FITS map); "
-                           "evaluation needs labelled test maps")
+        raise CmbscatError(f"{data} has maps without labels (-1) among labelled ones; evaluation needs "
+                           "labelled test maps (a file of unlabelled maps only, e.g. a FITS map's, is "
+                           "scored map by map: cmbscat evaluate RUN FILE, score_maps)")
     record = evaluation_record(run_dir, data)
     logits = predict(run_dir, data, device, progress=progress, force=True)  # checked above
     metrics = classification_metrics(labels, logits)
@@ -257,3 +266,124 @@ def evaluate_fnl(run_dir, data, config: dict, out_dir=None, device: str = "auto"
     plot_predicted_vs_true(out / "fnl.png", true, mean, sigma, title)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
+
+
+def false_alarm_probability(scores: np.ndarray, gaussian_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided empirical p-values of ``scores`` (float (N,)) among ``gaussian_scores``
+    (float (n,), the scores of n Gaussian reference maps): (p float64 (N,), k int64 (N,)).
+
+    k = #{Gaussian reference scores >= score} and p = (1 + k) / (1 + n): the probability
+    that a Gaussian map scores at least as high, counting the map itself among them
+    (Davison & Hinkley 1997), so p is never 0; its floor is 1 / (1 + n).
+    """
+    reference = np.sort(np.asarray(gaussian_scores, dtype=np.float64))
+    scores = np.asarray(scores, dtype=np.float64)
+    k = reference.size - np.searchsorted(reference, scores, side="left")
+    return (1.0 + k) / (1.0 + reference.size), k.astype(np.int64)
+
+
+def default_reference(run_dir: str | Path) -> Path:
+    """The labelled test file that the run was evaluated on: ``test_file`` of the run
+    folder's ``metrics.json`` (what ``cmbscat evaluate`` and the pipeline write there).
+    One-line error, asking for ``--reference``, when there is none or it is gone."""
+    metrics_path = Path(run_dir) / "metrics.json"
+    ask = ("give --reference TEST.h5, a labelled test file of the same kind, observed as the "
+           "training data, whose Gaussian maps set the false-alarm probability")
+    if not metrics_path.exists():
+        raise CmbscatError(f"{run_dir} has no metrics.json naming its test file; {ask}")
+    try:
+        test_file = json.loads(metrics_path.read_text()).get("test_file")
+    except (json.JSONDecodeError, AttributeError):
+        raise CmbscatError(f"{metrics_path} is not a readable metrics file; {ask}") from None
+    if not test_file or not Path(test_file).is_file():
+        raise CmbscatError(f"{metrics_path} names test file {test_file!r}, which is not there; {ask}")
+    return Path(test_file)
+
+
+def _unlabelled(data: str | Path) -> np.ndarray:
+    """Labels of ``data``, refused (one line) unless every map is unlabelled (-1)."""
+    labels = read_labels(data)
+    if labels.size == 0 or not np.all(labels < 0):
+        raise CmbscatError(f"{data} has labelled maps; score_maps is for unlabelled ones "
+                           "(cmbscat evaluate gives labelled test maps their metrics)")
+    return labels
+
+
+def is_unlabelled(data: str | Path) -> bool:
+    """True when every map of the stage file ``data`` has label -1 (a user's map)."""
+    labels = read_labels(data)
+    return labels.size > 0 and bool(np.all(labels < 0))
+
+
+def score_maps(run_dir: str | Path, data: str | Path, reference: str | Path | None = None,
+               out_dir: str | Path | None = None, device: str = "auto", progress: bool = True,
+               force: bool = False) -> dict:
+    """Score every map of the unlabelled file ``data`` (e.g. ``cmbscat scatter MAP.fits``'s
+    output) with the run in ``run_dir``; write ``scores.json`` in ``out_dir`` (default: the run
+    folder) and return what it holds.
+
+    A classifier gives each map its score s (the logit, log-odds of non-Gaussian), its
+    probability sigmoid(s) (at the training set's class balance, half non-Gaussian), and
+    its false-alarm probability p = (1 + k) / (1 + n), k of the n Gaussian maps of
+    ``reference`` scoring >= s (:func:`false_alarm_probability`; floor 1 / (1 + n)).
+    ``reference``: a labelled file of the same kind as ``data`` with Gaussian maps, observed
+    as the training data; default :func:`default_reference`. An f_NL estimator (``--target
+    fnl``) gives each map its f_NL estimate and sigma, and needs no reference.
+
+    A network trained on data observed otherwise (beam, noise, mask) than ``data`` or the
+    reference is refused in one line unless ``force`` (:func:`observation_mismatch`; what
+    differed is then recorded). The classical models' records hold no observation: not checked.
+    """
+    from scipy.special import expit
+
+    t0 = time.time()
+    if not Path(data).exists():
+        raise CmbscatError(f"no such file: {data}")
+    config, model_path = load_run(run_dir)
+    kinds = MODEL_INPUTS[config["model"]]
+    require_kind(data, kinds, f"scoring with --model {config['model']}")
+    _unlabelled(data)
+    mismatch = check_observation(run_dir, data, force)
+    record = {"run": str(run_dir), "model": config["model"], "seed": config.get("seed"),
+              "data": str(data), "data_sha256": content_hash(data), "model_sha256": file_sha256(model_path),
+              **({"observation_differs": mismatch} if mismatch else {})}
+    if config.get("target", "label") == "fnl":
+        if reference is not None:
+            raise CmbscatError("--reference is for classifiers; an f_NL estimator's maps need none")
+        mean, sigma = predict_fnl(run_dir, data, device, progress=progress, force=True)  # checked above
+        out = {**record, "target": "fnl",
+               "maps": [{"index": i, "fnl": float(m), "sigma_fnl": float(e)}
+                        for i, (m, e) in enumerate(zip(mean, sigma))],
+               "meaning": "fnl: the estimate of local f_NL; sigma_fnl: its 1-sigma error as the run "
+                          "predicts it (calibrated on its validation split; cubic_fisher: the Fisher bound)"}
+    else:
+        reference = default_reference(run_dir) if reference is None else Path(reference)
+        if not reference.exists():
+            raise CmbscatError(f"no such file: {reference} (--reference)")
+        require_kind(reference, kinds, f"a --reference for --model {config['model']}")
+        ref_labels = read_labels(reference)
+        n_gauss = int(np.sum(ref_labels == 0))
+        if np.any(ref_labels < 0) or n_gauss == 0:
+            raise CmbscatError(f"--reference {reference} needs labelled maps with Gaussian ones (label 0); "
+                               f"it has {n_gauss} Gaussian of {ref_labels.size}")
+        ref_mismatch = check_observation(run_dir, reference, force)
+        logits = predict(run_dir, data, device, progress=progress, force=True)  # checked above
+        ref_logits = predict(run_dir, reference, device, progress=progress, force=True)
+        p_value, above = false_alarm_probability(logits, ref_logits[ref_labels == 0])
+        out = {**record, "target": "label", "reference": str(reference),
+               "reference_sha256": content_hash(reference), "n_reference_gaussian": n_gauss,
+               "p_value_floor": 1.0 / (1 + n_gauss),
+               **({"reference_observation_differs": ref_mismatch} if ref_mismatch else {}),
+               "maps": [{"index": i, "score": float(s), "probability": float(expit(s)),
+                         "p_value": float(p), "n_gaussian_at_or_above": int(k)}
+                        for i, (s, p, k) in enumerate(zip(logits, p_value, above))],
+               "meaning": "score: the logit (log-odds of non-Gaussian); probability: sigmoid(score), at "
+                          "the training set's class balance; p_value: one-sided empirical false-alarm "
+                          "probability (1 + n_gaussian_at_or_above) / (1 + n_reference_gaussian), the "
+                          "fraction of Gaussian reference maps scoring at least as high, floor "
+                          "1 / (1 + n_reference_gaussian)"}
+    out["wall_seconds"] = time.time() - t0
+    folder = Path(out_dir) if out_dir else Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "scores.json", json.dumps(out, indent=2))
+    return out

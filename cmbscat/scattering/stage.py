@@ -25,6 +25,9 @@ Reads a sims file (DESIGN.md layout: ``/alm`` and/or ``/maps``, ``/labels``,
 With a mask (DESIGN.md "Observations"), the transform's input is the apodized masked map
 w d (:meth:`cmbscat.sky.source.Source.masked_alm`), not d: the networks see what an
 analysis of the observed sky would, the cut region at zero, and pool with ``/weight``.
+A user's FITS map with a declared mask and observation (or with NaN / UNSEEN pixels) takes
+the same path at the model's nside (:mod:`cmbscat.sky.fits_map`); its output records the
+observation as a sims file's does, and label -1, /fnl NaN.
 
 Maps are processed one at a time (memory independent of N), each finished map is
 saved on its own (resumable, see :mod:`cmbscat.store`), and ``shard`` restricts the
@@ -45,6 +48,7 @@ from cmbscat.lock import OutputLock
 from cmbscat.scattering.transform import (DEFAULT_ITER, DEFAULT_ODD_POWER, DEFAULT_OVERSAMPLE,
                                           Scattering, default_J0)
 from cmbscat.scattering.wavelets import n_scales
+from cmbscat.sky.fits_map import fits_attrs, fits_params
 from cmbscat.sky.source import (INPUT_MAP2ALM_ITER, MASKED_MAP2ALM_ITER, OBSERVATION_DEFAULTS,
                                 Source, open_source, process_maps)
 from cmbscat.store import Shard, content_hash, file_sha256
@@ -64,16 +68,18 @@ class ScatterPlan:
 def scatter_plan(in_path: str | Path, depth: int = 2, J0: int | None = None, lam: float = 2.0,
                  lmax: int | None = None, oversample: float = DEFAULT_OVERSAMPLE,
                  iter: int = DEFAULT_ITER, min_nside: int | None = None, odd: bool = False,
-                 odd_power: int = DEFAULT_ODD_POWER) -> ScatterPlan:
+                 odd_power: int = DEFAULT_ODD_POWER, observation=None,
+                 nside: int | None = None) -> ScatterPlan:
     """Check the options against the input ``in_path`` and build the transform (see :func:`scatter`).
 
     The plan's ``params`` record the input's content hash (:func:`cmbscat.store.content_hash`:
     a cmbscat sims file's ``content_sha256``; the bytes of a FITS map), so an output made
-    from other input data is never taken for current.
+    from other input data is never taken for current; for a FITS map also its declared
+    observation and analysis nside (:func:`cmbscat.sky.fits_map.fits_params`).
     """
     if depth not in (1, 2, 3):
         raise CmbscatError(f"--depth must be 1, 2 or 3, got {depth}")
-    source = open_source(in_path, "scatter")
+    source = open_source(in_path, "scatter", observation, nside)
     if lmax is None:
         lmax = source.lmax
     if lmax > source.lmax:
@@ -112,6 +118,7 @@ def scatter_plan(in_path: str | Path, depth: int = 2, J0: int | None = None, lam
     if source.mask is not None:  # likewise; and a file of the unmasked transform of a masked
         # sims file (made before masks were applied) is refused rather than taken for current
         params.update(masked=True, mask_map2alm_iter=MASKED_MAP2ALM_ITER)
+    params.update(fits_params(source))
     return ScatterPlan(source, sc, params)
 
 
@@ -119,18 +126,23 @@ def scatter(in_path: str | Path, out_path: str | Path, depth: int = 2, J0: int |
             lam: float = 2.0, lmax: int | None = None, oversample: float = DEFAULT_OVERSAMPLE,
             iter: int = DEFAULT_ITER, min_nside: int | None = None, odd: bool = False,
             odd_power: int = DEFAULT_ODD_POWER, shard: Shard | None = None,
-            progress: bool = True) -> int:
+            progress: bool = True, observation=None, nside: int | None = None) -> int:
     """Write (or resume, or find complete) the scattering file ``out_path`` of ``in_path``.
 
     lmax : band-limit of the transform; default the source's (sims: its ``lmax``
-        attribute; FITS: 3 nside - 1); larger values are refused.
+        attribute; FITS: 3 nside - 1 at the analysis nside); larger values are refused.
     J0 : default :func:`cmbscat.scattering.default_J0` (5 for lam = 2: nside_out 16).
     odd, odd_power : add the odd channels C[j1, j2] with envelope power q = odd_power.
+    observation : a FITS map's declared observation (:class:`cmbscat.sky.observe.ObservationConfig`:
+        mask, apodization, beam, noise, hits); its NaN / UNSEEN pixels are masked too.
+    nside : a FITS map's analysis nside, the model's (default: the map's own);
+        :func:`cmbscat.sky.fits_map.open_fits_map`.
     Other parameters: see :class:`cmbscat.scattering.transform.Scattering`.
 
     Returns the number of maps computed by this call (0 if the file was complete).
     """
-    plan = scatter_plan(in_path, depth, J0, lam, lmax, oversample, iter, min_nside, odd, odd_power)
+    plan = scatter_plan(in_path, depth, J0, lam, lmax, oversample, iter, min_nside, odd, odd_power,
+                        observation, nside)
     source, sc, params = plan.source, plan.transform, plan.params
     lmax, J0, digest = params["lmax"], params["J0"], params["source_content_sha256"]
     n = source.n_maps
@@ -168,6 +180,7 @@ def scatter(in_path: str | Path, out_path: str | Path, depth: int = 2, J0: int |
                          weight_meaning="/weight: the mask w low-passed like the coefficients, "
                                         "(w * Phi) at nside_out, RING, clipped to [0, 1]; /coeffs are "
                                         "S[p] of the apodized masked map w d")
+        attrs.update(fits_attrs(source))
         writer.finalize(per_item={"labels": source.labels[start:stop], "seeds": source.seeds[start:stop],
                                   "fnl": source.fnl[start:stop]},
                         whole=whole, attrs=attrs)

@@ -500,7 +500,7 @@ class ObservationConfig:
         return hits
 
     def build_mask(self, nside: int, hits: np.ndarray | None = None,
-                   note: Note | None = None) -> ObservedMask | None:
+                   note: Note | None = None, coverage: np.ndarray | None = None) -> ObservedMask | None:
         """The file's mask at ``nside``, or None when the whole sky is observed.
 
         The binary mask (observed where the weight is > 0) is the SPEC's, and a pixel
@@ -509,6 +509,11 @@ class ObservationConfig:
         apodization of the binary mask (times a FITS mask's own weights); without, the
         weights are the FITS mask's values (regraded) or the binary mask. An all-masked
         sky, or FITS values outside [0, 1], are refused (one line).
+
+        ``coverage``: float or bool (npix,), RING at ``nside``, 0 where the data have no
+        value (a user's map: its NaN / UNSEEN pixels, :mod:`cmbscat.sky.fits_map`); those
+        pixels are masked too, before the apodization, so that the taper runs away from
+        them as from the SPEC's own holes. None: the data cover the sky.
         """
         spec = self.mask_spec
         weights = None
@@ -516,6 +521,9 @@ class ObservationConfig:
             weights = self._fits_weights(spec.fits, nside, note)
         elif spec is not None:
             weights = spec.observed(nside).astype(np.float64)
+        if coverage is not None:
+            covered = np.asarray(coverage) > 0
+            weights = covered.astype(np.float64) if weights is None else np.where(covered, weights, 0.0)
         if hits is not None and np.any(hits <= 0):
             weights = np.ones(hits.size) if weights is None else weights
             unseen = (hits <= 0) & (weights > 0)
@@ -526,7 +534,11 @@ class ObservationConfig:
             return None
         observed = weights > 0
         if not observed.any():
-            raise CmbscatError(f"--mask {self.mask or '(from --hits)'} leaves no pixel observed")
+            if coverage is None:
+                raise CmbscatError(f"--mask {self.mask or '(from --hits)'} leaves no pixel observed")
+            parts = ([f"--mask {self.mask}"] if self.mask else []) + (["--hits"] if hits is not None else [])
+            raise CmbscatError(" and ".join(parts + ["the map's NaN/UNSEEN pixels"])
+                               + " leave no pixel observed")
         if self.apodize_deg > 0:
             weights = weights * apodize_c1(observed, self.apodize_deg)
         return ObservedMask(weights.astype(np.float32), observed.astype(np.uint8))

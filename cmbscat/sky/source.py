@@ -7,7 +7,10 @@ through :func:`open_source`, so they accept and refuse the same files:
   (complex, healpy order at attribute ``lmax``) and/or ``/maps`` (RING at attribute
   ``nside``); ``/seeds`` and ``/fnl`` (each map's f_NL) optional. Recognised by its datasets
   (:func:`cmbscat.store.file_kind`), not by cmbscat's own ``kind`` attribute;
-* a HEALPix FITS map (``healpy.read_map``), one unlabelled map.
+* a HEALPix FITS map (``healpy.read_map``, RING or NESTED from its header), one unlabelled
+  map (label -1, f_NL NaN). Its NaN / UNSEEN pixels are masked, and a declared mask,
+  beam and noise (and an analysis nside) make it an observed map at the model's
+  resolution: :mod:`cmbscat.sky.fits_map`.
 
 Non-finite a_lm or pixels are refused with a one-line error naming the map: they
 would otherwise flow silently into every statistic.
@@ -19,11 +22,12 @@ file with neither). The per-map stages copy it into their outputs beside the lab
 
 An observed sims file (``cmbscat simulate --mask``) carries its mask, exposed as
 :attr:`Source.mask` (the apodized weights) and :attr:`Source.mask_binary`; None for a
-file without one and for FITS maps. The networks' stages read the masked map w d through
-:meth:`Source.masked_alm`. :attr:`Source.observation` is the file's observation identity
-(:func:`observation_record`: beam, noise, hits, mask SPEC, apodization, the mask's content
-hash), which the stages copy so that a model's training data can be checked against a
-test file.
+file without one and for a full-sky FITS map with no mask declared. The networks' stages
+read the masked map w d through :meth:`Source.masked_alm`. :attr:`Source.observation` is
+the file's observation identity (:func:`observation_record`: beam, noise, hits, mask SPEC,
+apodization, the mask's content hash), which the stages copy so that a model's training
+data can be checked against a test file (a mask by its content:
+:func:`comparable_observations`).
 """
 
 from __future__ import annotations
@@ -73,6 +77,8 @@ class Source:
     mask: np.ndarray | None = None  # float32 (npix,), RING at nside: weights, 1 = observed; None = full sky
     mask_binary: np.ndarray | None = None  # bool (npix,), RING: True where observed (mask > 0)
     observation: dict | None = None  # observation_record of the file (None: not observed, defaults)
+    hits: np.ndarray | None = None  # float64 (npix,), RING: a FITS map's declared hit map (--hits)
+    fits_info: dict | None = None  # a FITS map's reading (cmbscat.sky.fits_map.FITS_INFO_KEYS)
 
     def __post_init__(self):
         n = int(np.asarray(self.labels).size)
@@ -216,6 +222,25 @@ def observation_record(attrs: Mapping, mask: np.ndarray | None = None) -> dict:
     return out
 
 
+def comparable_observations(a: Mapping, b: Mapping) -> tuple[dict, dict]:
+    """Two observation records (:func:`observation_record`) as they are compared.
+
+    A mask is known by its content: where both records hold the same non-empty
+    ``mask_content_sha256`` (the apodized weights at the same nside, bitwise), how each
+    file named its mask (``mask``: a built-in SPEC or a FITS path; ``mask_sha256``: that
+    FITS file's bytes) is left out, so a model trained with ``--mask galactic:20`` meets a
+    user's map analysed with the same mask written as a FITS file. Everything else is
+    compared as recorded.
+    """
+    a, b = dict(a), dict(b)
+    content = a.get("mask_content_sha256", "")
+    if content and content == b.get("mask_content_sha256", ""):
+        for key in ("mask", "mask_sha256"):
+            a.pop(key, None)
+            b.pop(key, None)
+    return a, b
+
+
 def _is_fits(path: Path) -> bool:
     """FITS by its first card, or a gzipped file named *.fits.gz / *.fit.gz (healpy reads both)."""
     with open(path, "rb") as f:
@@ -225,12 +250,23 @@ def _is_fits(path: Path) -> bool:
     return head[:2] == b"\x1f\x8b" and path.name.lower().endswith((".fits.gz", ".fit.gz"))
 
 
-def open_source(path: str | Path, purpose: str = "this stage") -> Source:
-    """Inspect ``path`` (a sims file or a HEALPix FITS map); one-line error otherwise."""
+def open_source(path: str | Path, purpose: str = "this stage", observation=None,
+                nside: int | None = None, note: Callable[[str], None] | None = None) -> Source:
+    """Inspect ``path`` (a sims file or a HEALPix FITS map); one-line error otherwise.
+
+    ``observation`` (an :class:`~cmbscat.sky.observe.ObservationConfig`: mask, apodization,
+    beam, noise, hits) and ``nside`` (the analysis nside) describe a FITS map
+    (:func:`cmbscat.sky.fits_map.open_fits_map`, which tells ``note`` what it does to
+    the map); a sims file carries its own, so they are refused with one.
+    """
     path = Path(path)
     if not path.is_file():
         raise CmbscatError(f"input {path} does not exist or is not a file")
+    declared = (observation is not None and not observation.is_trivial) or nside is not None
     if h5py.is_hdf5(path):
+        if declared:
+            raise CmbscatError(f"{path} is a sims file, which records its own observation; --mask, "
+                               "--apodize, --beam-fwhm, --noise, --hits and --nside describe a FITS map")
         kind = file_kind(path)
         if kind != "sims":
             raise CmbscatError(f"{path} is a {kind} file, not a sims file ({purpose} reads maps: "
@@ -258,15 +294,9 @@ def open_source(path: str | Path, purpose: str = "this stage") -> Source:
         return Source(path, "sims", dataset, nside, lmax, labels, seeds, fnl=fnl, mask=mask,
                       mask_binary=mask_binary, observation=observation)
     if _is_fits(path):
-        try:
-            m = hp.read_map(str(path), field=0, dtype=np.float64)
-        except Exception as exc:  # astropy/healpy raise many types for a bad FITS file
-            raise CmbscatError(f"{path} is a FITS file but not a readable HEALPix map ({exc})") from None
-        if np.any(~np.isfinite(m)) or np.any(m == hp.UNSEEN):
-            raise CmbscatError(f"{path} has masked or non-finite pixels; this stage needs a full-sky map")
-        nside = hp.npix2nside(m.size)
-        return Source(path, "fits", "fits", nside, 3 * nside - 1, -np.ones(1, np.int8),
-                      -np.ones(1, np.int64), fits_map=m)
+        from cmbscat.sky.fits_map import open_fits_map
+
+        return open_fits_map(path, observation, nside, note)
     raise CmbscatError(f"{path} is neither a cmbscat sims file (HDF5) nor a HEALPix FITS map")
 
 

@@ -61,7 +61,7 @@ class ObservedSky:
 def observed_sky(path: str | Path, nside: int, lmax: int) -> ObservedSky | None:
     """The observation of the sims file ``path`` at band limit ``lmax``, or None for a
     noiseless, unbeamed full-sky file (every statistic is then computed as before)."""
-    from cmbscat.sky.observe import ObservationConfig, white_noise_power
+    from cmbscat.sky.observe import ObservationConfig
     from cmbscat.sky.simulate import OBSERVATION_FIELDS
 
     with h5py.File(path, "r") as f:
@@ -81,6 +81,36 @@ def observed_sky(path: str | Path, nside: int, lmax: int) -> ObservedSky | None:
     if mask is not None and mask.shape != (hp.nside2npix(nside),):
         raise CmbscatError(f"{path}: /mask has shape {mask.shape}, expected ({hp.nside2npix(nside)},)")
     # the stored hit map stands in for the FITS file it was made from (which may be gone)
+    return prepared_sky(config, settings, mask, hits, nside, lmax)
+
+
+def source_observed_sky(source, lmax: int) -> ObservedSky | None:
+    """The observation of a :class:`~cmbscat.sky.source.Source` at band limit ``lmax``: a
+    sims file's (:func:`observed_sky`), or a FITS map's as declared on the command line
+    (:func:`cmbscat.sky.fits_map.open_fits_map`: its mask at the analysis nside with the
+    map's invalid pixels in it, the declared beam, noise and hits); None for a full-sky map
+    with no observation declared. A FITS map's ``settings`` are its whole observation record
+    (hashes included), a sims file's its observation attributes."""
+    from cmbscat.sky.observe import ObservationConfig
+    from cmbscat.sky.source import OBSERVATION_DEFAULTS
+
+    if source.kind == "sims":
+        return observed_sky(source.path, source.nside, lmax)
+    record = source.observation
+    if record == OBSERVATION_DEFAULTS and source.mask is None:
+        return None
+    config = ObservationConfig(record["beam_fwhm_arcmin"], record["noise_uk_arcmin"], record["hits"],
+                               record["mask"], record["apodize_deg"])
+    return prepared_sky(config, dict(record), source.mask, source.hits, source.nside, lmax)
+
+
+def prepared_sky(config, settings: dict, mask: np.ndarray | None, hits: np.ndarray | None,
+                 nside: int, lmax: int) -> ObservedSky:
+    """An :class:`ObservedSky` at (nside, lmax) from an observation's settings
+    (:class:`~cmbscat.sky.observe.ObservationConfig` ``config``), its mask weights
+    (float32 (npix,), RING, or None) and its hit map (float64 (npix,), RING, or None)."""
+    from cmbscat.sky.observe import white_noise_power
+
     observation = config.prepare(nside, lmax, hits=hits)
     beam = np.ones(lmax + 1) if observation.beam is None else np.asarray(observation.beam, np.float64)
     noise_cl = np.zeros(lmax + 1)

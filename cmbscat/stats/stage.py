@@ -27,10 +27,11 @@ from cmbscat import __version__
 from cmbscat.errors import CmbscatError
 from cmbscat.healpix import check_nside_lmax
 from cmbscat.lock import OutputLock
+from cmbscat.sky.fits_map import fits_attrs, fits_params
 from cmbscat.sky.source import Source, open_source, process_maps
 from cmbscat.sky.spectra import CL_SOURCE, planck2018_cl
 from cmbscat.stats.minkowski import DEFAULT_THRESHOLDS
-from cmbscat.stats.observed import DEFAULT_MEAN_FIELD_MAPS, MEAN_FIELD_SEED, observed_sky
+from cmbscat.stats.observed import DEFAULT_MEAN_FIELD_MAPS, MEAN_FIELD_SEED, source_observed_sky
 from cmbscat.stats.summary import STATISTICS, MapStatistics
 from cmbscat.store import Shard, content_hash, file_sha256
 
@@ -48,21 +49,26 @@ class StatsPlan:
 
 
 def stats_plan(in_path: str | Path, lmax: int | None = None,
-               mean_field_maps: int = DEFAULT_MEAN_FIELD_MAPS) -> StatsPlan:
+               mean_field_maps: int = DEFAULT_MEAN_FIELD_MAPS, observation=None,
+               nside: int | None = None) -> StatsPlan:
     """Check ``in_path`` and build the statistics at band limit ``lmax`` (default: the input's).
 
     An observed sims file (beam, noise, mask) gets the observed statistics
     (:mod:`cmbscat.stats.observed`), the cubic statistic's linear terms from
     ``mean_field_maps`` Gaussian maps of the same observation; its record then says so.
+    A FITS map with a declared ``observation`` (:class:`~cmbscat.sky.observe.ObservationConfig`)
+    and analysis ``nside`` (:func:`cmbscat.sky.fits_map.open_fits_map`), or with NaN /
+    UNSEEN pixels, gets the same observed statistics, its mean field from Gaussian maps of
+    the declared beam, noise and mask.
     """
-    source = open_source(in_path, "stats")
+    source = open_source(in_path, "stats", observation, nside)
     lmax = source.lmax if lmax is None else int(lmax)
     if not 2 <= lmax <= source.lmax:
         raise CmbscatError(f"--lmax must be in 2..{source.lmax} (the input's lmax), got {lmax}")
     check_nside_lmax(source.nside, lmax, "the input's nside")
     if mean_field_maps < 2:
         raise CmbscatError(f"--mean-field-maps must be at least 2, got {mean_field_maps}")
-    observed = observed_sky(source.path, source.nside, lmax) if source.kind == "sims" else None
+    observed = source_observed_sky(source, lmax)
     statistics = MapStatistics(source.nside, lmax, planck2018_cl(lmax), DEFAULT_THRESHOLDS,
                                observed=observed, mean_field_maps=mean_field_maps)
     digest = content_hash(source.path) if source.kind == "sims" else file_sha256(source.path)
@@ -74,17 +80,21 @@ def stats_plan(in_path: str | Path, lmax: int | None = None,
     if observed is not None:  # recorded only for observed files: older records stay current
         params.update({"observation": observed.settings, "mean_field_maps": mean_field_maps,
                        "mean_field_seed": MEAN_FIELD_SEED})
+    params.update(fits_params(source))
     return StatsPlan(source, statistics, params)
 
 
 def compute_stats(in_path: str | Path, out_path: str | Path, lmax: int | None = None,
                   shard: Shard | None = None, progress: bool = True,
-                  mean_field_maps: int = DEFAULT_MEAN_FIELD_MAPS) -> int:
+                  mean_field_maps: int = DEFAULT_MEAN_FIELD_MAPS, observation=None,
+                  nside: int | None = None) -> int:
     """Write (or resume, or find complete) the statistics file ``out_path`` of ``in_path``.
 
-    Returns the number of maps computed by this call (0 if the file was complete).
+    ``observation`` and ``nside``: a FITS map's declared observation and analysis nside
+    (:func:`stats_plan`). Returns the number of maps computed by this call (0 if the file
+    was complete).
     """
-    plan = stats_plan(in_path, lmax, mean_field_maps)
+    plan = stats_plan(in_path, lmax, mean_field_maps, observation, nside)
     source, statistics = plan.source, plan.statistics
     n = source.n_maps
 
@@ -123,6 +133,7 @@ def compute_stats(in_path: str | Path, out_path: str | Path, lmax: int | None = 
                 "minkowski_meaning": "as for a full sky, from the a_lm of w d, over the fully observed "
                                      "pixels (w = 1), per unit observed area",
             })
+        attrs.update(fits_attrs(source))
         writer.finalize(per_item={"labels": source.labels[start:stop], "seeds": source.seeds[start:stop],
                                   "fnl": source.fnl[start:stop]},
                         whole={"powspec_edges": statistics.powspec_edges, "thresholds": statistics.thresholds},

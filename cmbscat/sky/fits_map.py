@@ -1,0 +1,223 @@
+"""A user's HEALPix FITS map as an observed map: the front door for real data.
+
+``cmbscat scatter MAP.fits OUT.h5 --mask MASK.fits --apodize DEG --beam-fwhm ARCMIN
+--noise UK_ARCMIN`` (and ``cmbscat stats``) send a cosmologist's map (e.g. Planck SMICA)
+down the same masked-map path as the maps of an observed sims file
+(:meth:`cmbscat.sky.source.Source.masked_alm`, the observed statistics of
+:mod:`cmbscat.stats.observed`). :func:`open_fits_map` does, in order:
+
+1. Read the first field with healpy (float64, uK as stored). The header's ``ORDERING``
+   decides RING or NESTED, and NESTED is converted to RING; a header without it is read
+   as RING, with a note. A column whose length is not 12 nside^2 (nside a power of two)
+   is refused.
+2. Pixels that are NaN, infinite or UNSEEN (:func:`cmbscat.sky.observe.bad_pixels`) have
+   no value: they are masked (added to the mask; one note says how many). A map with no
+   valid pixel is refused.
+3. The analysis nside N is the model's (``nside``, the nside of its training sims; default
+   the map's own). A map below N is refused: it holds no multipole above 3 nside - 1 of
+   its own, and inventing them would not be a measurement.
+4. The mask is built at N as ``cmbscat simulate`` builds one
+   (:meth:`~cmbscat.sky.observe.ObservationConfig.build_mask`): a FITS mask of another
+   nside is regraded with a note (:func:`~cmbscat.sky.observe.regrade_mask`: a coarse pixel
+   takes its smallest fine weight, so a partly masked pixel is masked); the map's invalid
+   pixels, taken to N the same way, are masked before the C1 apodization (``apodize_deg``),
+   so that the taper runs away from them too. For a map without invalid pixels the weights
+   are bitwise those a sims file made with the same mask stores, and the two observation
+   records' ``mask_content_sha256`` agree (:func:`~cmbscat.sky.source.comparable_observations`).
+   An all-zero mask, or one that leaves nothing observed, is refused.
+5. The map at N: the pixels where the mask is 0 are set to 0 (their values, the Galaxy's
+   for a real map, never enter w d, and no NaN survives). A map at a higher nside is
+   brought to N in harmonic space: the a_lm up to 3N - 1 (all the grid at N holds) of that
+   zero-filled map at its own nside (``map2alm``, 3 iterations), synthesised at N. Not
+   ``healpy.ud_grade``: averaging the fine pixels multiplies the spectrum by the pixel
+   window of N (0.95 at l = N, 0.82 at l = 2N, measured), a beam that the model's training
+   maps never had. Not an analysis at the map's own nside: the mask, its content hash, the
+   networks' pooling weight and the statistics' pixel grid are the model's at N, and at N
+   the map takes the training maps' path step by step. The zero-filled edge rings at N
+   within a few pixels of the mask, where an apodized weight is close to 0 (it rises as
+   x^3 from the edge): in the tests (nside 64 to 32, lmax 63, 5 deg apodization) the
+   scattering coefficients are within 0.1 % of those of the same sky simulated at N,
+   against 4 % through ``ud_grade``.
+6. From here on the map is a stored /maps map of an observed sims file at N: the networks
+   read w d (``map2alm`` to the analysis lmax); the statistics at lmax = 3N - 1 read the
+   pixels as they are and at a lower lmax band-limit the (zero-filled) map first, as they
+   do a sims file's /maps.
+
+The map is unlabelled (label -1, seed -1, f_NL NaN). Its observation record
+(:func:`~cmbscat.sky.source.observation_record`: beam, noise, hits, mask SPEC, apodization,
+the SHA-256 of the FITS files named, the mask weights' content hash) is built as an
+observed sims file's, and the stages copy it into their outputs, so that
+``cmbscat evaluate`` can hold it against a model's training observation. No HEALPix pixel
+window is assumed, as for the simulations (:mod:`cmbscat.sky.observe`): the declared beam
+should include the map's own pixel window if it matters at the model's lmax.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import healpy as hp
+import numpy as np
+
+from cmbscat.errors import CmbscatError
+from cmbscat.healpix import synthesis
+from cmbscat.sky.observe import ObservationConfig, bad_pixels, regrade_mask
+from cmbscat.sky.source import INPUT_MAP2ALM_ITER, OBSERVATION_DEFAULTS, Source, observation_record
+
+Note = Callable[[str], None]
+
+#: What :attr:`Source.fits_info` holds for a FITS map (the stages record it as attributes).
+FITS_INFO_KEYS = ("map_nside", "map_ordering", "map_invalid_pixels", "analysis_nside", "map_regrade")
+
+
+def stderr_note(line: str) -> None:
+    """Tell the user what was done to their map (one ``note:`` line on stderr)."""
+    print(f"note: {line}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class UserMap:
+    """A HEALPix FITS map as read (:func:`read_user_map`).
+
+    values : float64 (npix,), RING, as stored (NaN / UNSEEN kept).
+    nside : its HEALPix nside (a power of two).
+    ordering : the header's ORDERING ("RING" or "NESTED"), "" when the header has none.
+    invalid : bool (npix,), RING: NaN, infinite or UNSEEN pixels.
+    """
+
+    values: np.ndarray
+    nside: int
+    ordering: str
+    invalid: np.ndarray
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n >= 1 and (n & (n - 1)) == 0
+
+
+def read_user_map(path: str | Path) -> UserMap:
+    """Read the first field of the HEALPix FITS map ``path`` as RING (:class:`UserMap`).
+
+    healpy converts a NESTED map (header ``ORDERING``) to RING. One-line error for a file
+    healpy cannot read as a HEALPix map (e.g. a column whose length is not 12 nside^2) and
+    for an nside that is not a power of two.
+    """
+    try:
+        values, header = hp.read_map(str(path), field=0, dtype=np.float64, h=True)
+    except Exception as exc:  # astropy/healpy raise many types for a bad FITS file
+        raise CmbscatError(f"{path} is a FITS file but not a readable HEALPix map ({exc})") from None
+    values = np.asarray(values, dtype=np.float64)
+    nside = int(hp.npix2nside(values.size))
+    if not _is_power_of_two(nside):
+        raise CmbscatError(f"{path} has nside {nside}, not a power of two: not a HEALPix map cmbscat reads")
+    ordering = str(dict(header).get("ORDERING", "")).strip().upper()
+    return UserMap(values, nside, ordering, bad_pixels(values))
+
+
+def open_fits_map(path: str | Path, observation: ObservationConfig | None = None,
+                  nside: int | None = None, note: Note | None = None) -> Source:
+    """The FITS map ``path`` as a one-map :class:`~cmbscat.sky.source.Source` at the
+    analysis nside (module docstring: what is done, in order, and why).
+
+    Parameters
+    ----------
+    observation : the map's declared observation (beam FWHM in arcmin, white-noise depth in
+        uK arcmin, hits, mask SPEC or FITS path, apodization in degrees); None: none.
+    nside : analysis nside N (a power of two, at most the map's); None: the map's own.
+    note : receives each one-line note (invalid pixels masked, a mask or the map
+        regraded, no ORDERING keyword); default: stderr.
+
+    Returns a Source with ``fits_map`` float64 (npix(N),), RING, uK, 0 where the mask is
+    0; ``mask`` float32 weights and ``mask_binary`` at N (None when every pixel is valid
+    and no mask is declared); ``hits`` at N (with ``--hits``); ``observation`` the record;
+    ``fits_info`` (:data:`FITS_INFO_KEYS`). Bad input is refused in one line, and then
+    nothing is noted (the notes are told once every check has passed).
+    """
+    path = Path(path)
+    tell = stderr_note if note is None else note
+    notes: list[str] = []  # told only once every check has passed: a refusal stays one line
+    note = notes.append
+    observation = ObservationConfig() if observation is None else observation
+    observation.validate()  # negative beam / noise, unknown SPEC, missing files: one line first
+    user = read_user_map(path)
+    if user.invalid.all():
+        raise CmbscatError(f"{path} has no valid pixel: all {user.values.size} are NaN, infinite or UNSEEN")
+    n_side = user.nside if nside is None else int(nside)
+    if not _is_power_of_two(n_side):
+        raise CmbscatError(f"--nside must be a power of two, got {nside}")
+    if n_side > user.nside:
+        raise CmbscatError(f"{path} has nside {user.nside}, below the analysis --nside {n_side} (the "
+                           f"model's): it holds no multipole above {3 * user.nside - 1} to analyse there")
+    if not user.ordering:
+        note(f"{path} has no ORDERING keyword; read as RING")
+    n_invalid = int(user.invalid.sum())
+    coverage = None
+    if n_invalid:
+        note(f"{path}: {n_invalid} of {user.values.size} pixels are NaN, infinite or UNSEEN; masked")
+        # at N a pixel with any invalid fine pixel is masked (regrade_mask takes the smallest)
+        coverage = regrade_mask((~user.invalid).astype(np.float64), n_side)
+    hits = observation.hit_map(n_side, note)
+    mask = observation.build_mask(n_side, hits, note, coverage=coverage)
+    observed = None if mask is None else mask.binary != 0
+    regrade = ""
+    if n_side == user.nside:
+        sky_map = np.where(~user.invalid if observed is None else observed, user.values, 0.0)
+    else:
+        lmax_n = 3 * n_side - 1
+        # zero where the analysis mask is 0, taken up to the map's nside by copying each
+        # coarse pixel to its children: every pixel kept is a valid one (coverage above)
+        keep = (np.ones(user.values.size, bool) if observed is None
+                else regrade_mask(observed.astype(np.float64), user.nside) > 0)
+        zero_filled = np.where(keep, user.values, 0.0)
+        alm = hp.map2alm(zero_filled, lmax=lmax_n, mmax=lmax_n, iter=INPUT_MAP2ALM_ITER, use_weights=False)
+        sky_map = synthesis(alm, n_side, lmax_n)
+        if observed is not None:
+            sky_map = np.where(observed, sky_map, 0.0)
+        regrade = (f"nside {user.nside} brought to {n_side} in harmonic space (a_lm to l = {lmax_n} of "
+                   "the map with its masked pixels at 0, synthesised at the analysis nside)")
+        note(f"{path}: {regrade}")
+    for line in notes:
+        tell(line)
+    attrs = _observation_attrs(observation)
+    record = observation_record(attrs, None if mask is None else mask.weights)
+    info = {"map_nside": user.nside, "map_ordering": user.ordering or "RING (no ORDERING keyword)",
+            "map_invalid_pixels": n_invalid, "analysis_nside": n_side, "map_regrade": regrade}
+    return Source(path, "fits", "fits", n_side, 3 * n_side - 1, -np.ones(1, np.int8), -np.ones(1, np.int64),
+                  fits_map=np.asarray(sky_map, np.float64),
+                  mask=None if mask is None else mask.weights.astype(np.float32),
+                  mask_binary=observed, observation=record if record != OBSERVATION_DEFAULTS else None,
+                  hits=hits, fits_info=info)
+
+
+def _observation_attrs(observation: ObservationConfig) -> dict:
+    """The settings and FITS hashes of a declared observation, as a sims file records them."""
+    from cmbscat.sky.simulate import observation_attrs
+
+    return observation_attrs(observation) if not observation.is_trivial else {}
+
+
+def fits_params(source: Source) -> dict:
+    """What a stage's output of a FITS map records among its parameters beyond the map's
+    bytes, so that a rerun with another mask, observation or analysis nside is not taken
+    for current: ``{"fits_map": {...}}`` (the observation record and :attr:`Source.fits_info`),
+    or {} for a sims file and for a full-sky FITS map read as it is (whose outputs keep the
+    record they had before this front door existed)."""
+    info = source.fits_info
+    if source.kind != "fits" or info is None:
+        return {}
+    plain = (source.observation == OBSERVATION_DEFAULTS and source.mask is None
+             and info["analysis_nside"] == info["map_nside"])
+    return {} if plain else {"fits_map": {"observation": dict(source.observation), **info}}
+
+
+def fits_attrs(source: Source) -> dict:
+    """Attributes that a stage's output of a FITS map adds: :attr:`Source.fits_info` and
+    what its label and f_NL mean ({} for a sims file)."""
+    if source.kind != "fits" or source.fits_info is None:
+        return {}
+    return {**source.fits_info,
+            "label_meaning": "-1: unlabelled (a user's map; cmbscat evaluate scores it)",
+            "fnl_meaning": "/fnl: NaN, the map's f_NL is unknown"}
