@@ -132,6 +132,14 @@ def _network(run_dir, config: dict, model_path: Path, data, device: str, batch_s
     return network_logits(model, x, device, batch_size, weight), saved
 
 
+def _classical_inputs(config: dict, model_path: Path, data, progress: bool) -> tuple[dict, np.ndarray]:
+    """A classical run's saved model (``model.pkl``) and its features of ``data``."""
+    with open(model_path, "rb") as f:
+        saved = pickle.load(f)
+    x, _ = model_inputs(config["model"], str(data), saved.get("meta"), progress=progress)
+    return saved, x
+
+
 def predict_fnl(run_dir: str | Path, data: str | Path, device: str = "auto", batch_size: int = 32,
                 progress: bool = True, force: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(mean, sigma) of f_NL (float64 (N,) each) of every map of ``data`` from a run
@@ -142,9 +150,7 @@ def predict_fnl(run_dir: str | Path, data: str | Path, device: str = "auto", bat
     if config.get("target", "label") != "fnl":
         raise CmbscatError(f"{run_dir} is a classifier (trained with --target label), not an f_NL estimator")
     if config["model"] in CLASSICAL_MODELS:
-        with open(model_path, "rb") as f:
-            saved = pickle.load(f)
-        x, _ = model_inputs(config["model"], str(data), saved.get("meta"), progress=progress)
+        saved, x = _classical_inputs(config, model_path, data, progress)
         return saved["estimator"].predict(x)
 
     from cmbscat.experiment.fnl_estimators import TargetScaling
@@ -163,9 +169,7 @@ def predict(run_dir: str | Path, data: str | Path, device: str = "auto", batch_s
     if config.get("target", "label") != "label":
         raise CmbscatError(f"{run_dir} estimates f_NL (--target {config['target']}); it gives no logits")
     if config["model"] in CLASSICAL_MODELS:
-        with open(model_path, "rb") as f:
-            saved = pickle.load(f)
-        x, _ = model_inputs(config["model"], str(data), saved.get("meta"), progress=progress)
+        saved, x = _classical_inputs(config, model_path, data, progress)
         return np.asarray(saved["classifier"].decision_function(x), dtype=np.float64)
     return _network(run_dir, config, model_path, data, device, batch_size, progress, force)[0]
 
