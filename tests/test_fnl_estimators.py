@@ -53,6 +53,9 @@ def test_regression_metrics_bins_bias_and_scatter():
     assert m["bins"][0]["coverage68"] < 0.62
     lo, hi = m["coverage68_interval68"]
     assert lo < m["coverage68"] < hi
+    assert m["bias_chi2_dof"] == 3 and m["bias_chi2_p"] < 1e-6  # +1 at 30 is 8 standard errors
+    unbiased = regression_metrics(true, true + noise, np.full(true.size, 4.0))
+    assert unbiased["bias_chi2_p"] > 1e-3
 
 
 def test_continuous_truth_gets_equal_width_bins():

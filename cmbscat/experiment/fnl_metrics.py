@@ -15,6 +15,7 @@ For test maps with true f_NL ``true`` and predictions ``mean`` +- ``sigma`` (flo
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import chi2 as chi2_distribution
 
 from cmbscat.experiment.metrics import wilson_interval
 
@@ -69,7 +70,9 @@ def regression_metrics(true: np.ndarray, mean: np.ndarray, sigma: np.ndarray) ->
     Returns a JSON-ready dict: overall ``bias``, ``rmse``, coverages (``coverage68``,
     ``coverage95`` with Wilson intervals), ``bins`` (one :func:`_summary` per bin of
     :func:`fnl_bins`, each with ``bias_over_sigma``), ``max_abs_bias_over_sigma`` over
-    the bins, and ``at_zero``: the summary of the bin holding f_NL = 0 (None if none
+    the bins, ``bias_chi2`` (sum over bins of (bias / its standard error)^2, with
+    ``bias_chi2_dof`` bins and its p-value ``bias_chi2_p``: is the bias zero within the
+    test set's errors?), and ``at_zero``: the summary of the bin holding f_NL = 0 (None if none
     does), whose ``sigma_fnl`` is the figure compared with the optimal estimator's.
     """
     true, mean, sigma = (np.asarray(a, dtype=np.float64) for a in (true, mean, sigma))
@@ -86,6 +89,9 @@ def regression_metrics(true: np.ndarray, mean: np.ndarray, sigma: np.ndarray) ->
         bins.append(entry)
     at_zero = next((b for b in bins if b["fnl_low"] <= 0.0 <= b["fnl_high"]), None)
     ratios = [abs(b["bias_over_sigma"]) for b in bins if b["bias_over_sigma"] is not None]
+    # is the bias zero within the test set's own errors? chi^2 of the bins' mean residuals
+    pulls = [b["bias"] / b["bias_error"] for b in bins if b["n"] > 1 and b["bias_error"] > 0]
+    chi2 = float(np.sum(np.square(pulls))) if pulls else None
     return {"n": overall["n"], "bias": overall["bias"],
             "rmse": float(np.sqrt(np.mean((mean - true) ** 2))),
             "coverage68": overall["coverage68"], "coverage68_interval68": overall["coverage68_interval68"],
@@ -93,6 +99,8 @@ def regression_metrics(true: np.ndarray, mean: np.ndarray, sigma: np.ndarray) ->
             "mean_predicted_sigma": overall["mean_predicted_sigma"],
             "bins": bins, "at_zero": at_zero,
             "max_abs_bias_over_sigma": max(ratios) if ratios else None,
+            "bias_chi2": chi2, "bias_chi2_dof": len(pulls),
+            "bias_chi2_p": float(chi2_distribution.sf(chi2, len(pulls))) if pulls else None,
             "interval": "coverage: fraction of true f_NL inside mean +- z sigma; brackets 68 % Wilson"}
 
 

@@ -84,9 +84,9 @@ def fnl_table(cfg: dict, by_model: dict[str, FnlResult], timings: dict) -> str:
                   f"on {zero['n']} maps; Fisher prediction 1/sqrt(F) = {bound:.3f} "
                   f"(measured / predicted = {ref_sigma / bound:.3f}).", ""]
     lines += ["| method | sigma(f_NL) at f_NL = 0 | ratio to the optimal sigma | bias at f_NL = 0 | "
-              "largest abs(bias) / sigma over f_NL bins | 68 % coverage | 95 % coverage | rms error | "
-              "train + evaluate wall time |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "largest abs(bias) / sigma over f_NL bins | bias zero? chi^2 / bins (p) | 68 % coverage | "
+              "95 % coverage | rms error | train + evaluate wall time |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for model, result in by_model.items():
         sigma0 = result.seed_values("at_zero.sigma_fnl")
         ratio = _cell(sigma0 / ref_sigma, ".2f") if ref_sigma else "—"
@@ -94,13 +94,17 @@ def fnl_table(cfg: dict, by_model: dict[str, FnlResult], timings: dict) -> str:
                    if name.startswith((f"train {model} seed", f"evaluate {model} seed")))
         lines.append(
             f"| {METHOD_NAMES.get(model, model)} | {_cell(sigma0, '.2f')} | {ratio} | "
-            f"{_cell(result.seed_values('at_zero.bias'), '+.2f')} | "
+            f"{_cell(result.seed_values('at_zero.bias'), '+.2f')} "
+            f"± {np.nanmean(result.seed_values('at_zero.bias_error')):.2f} | "
             f"{_cell(result.seed_values('max_abs_bias_over_sigma'), '.2f')} | "
+            f"{chi2_cell(result.metrics[0])} | "
             f"{_cell(result.seed_values('coverage68'), '.1f', 100)} % | "
             f"{_cell(result.seed_values('coverage95'), '.1f', 100)} % | "
             f"{_cell(result.seed_values('rmse'), '.2f')} | {wall:.0f} s |")
     lines += ["", "sigma(f_NL): standard deviation of the estimates over the test maps at that true "
-              "f_NL (not the predicted error); bias: mean estimate minus true; coverage: fraction of "
+              "f_NL (not the predicted error); bias: mean estimate minus true, ± its standard error; "
+              "chi^2: of the bins' biases in units of their standard errors (first seed), with its "
+              "p-value, so a bias the test set can see is told from its noise; coverage: fraction of "
               "test maps whose true f_NL lies inside the predicted 68.27 % (± 1 sigma) or 95 % "
               "(± 1.96 sigma) interval, over all test maps.", ""]
     if by_model:
@@ -109,13 +113,21 @@ def fnl_table(cfg: dict, by_model: dict[str, FnlResult], timings: dict) -> str:
                                             next(iter(by_model.values())).metrics[0]["bins"]) + " |",
                   "|---|" + "---|" * len(next(iter(by_model.values())).metrics[0]["bins"])]
         for model, result in by_model.items():
-            cells = [f"{b['bias']:+.2f} ± {b['sigma_fnl']:.2f}" for b in result.metrics[0]["bins"]]
+            cells = [f"{b['bias']:+.2f} ± {b['bias_error']:.2f} / {b['sigma_fnl']:.2f}"
+                     for b in result.metrics[0]["bins"]]
             lines.append(f"| {METHOD_NAMES.get(model, model)} | " + " | ".join(cells) + " |")
-        lines += ["", "Cells: bias ± sigma(f_NL) of the estimates at that true f_NL.", ""]
+        lines += ["", "Cells: bias ± its standard error / sigma(f_NL) of the estimates at that true f_NL.", ""]
     total = sum(timings.values())
     lines += [f"Stage wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
               + f"; total {total / 60:.1f} min.", ""]
     return "\n".join(lines)
+
+
+def chi2_cell(metrics: dict) -> str:
+    """"chi^2 / bins (p)" of a metrics dict's bias test, or a dash."""
+    if metrics.get("bias_chi2") is None:
+        return "—"
+    return f"{metrics['bias_chi2']:.1f} / {metrics['bias_chi2_dof']} ({metrics['bias_chi2_p']:.2g})"
 
 
 def plot_fnl_methods(path: Path, by_model: dict[str, FnlResult], max_points: int = 300) -> None:
