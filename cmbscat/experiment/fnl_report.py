@@ -144,7 +144,8 @@ def plot_fnl_methods(path: Path, by_model: dict[str, FnlResult], max_points: int
     for ax, model in zip(axes.ravel(), models):
         result = by_model[model]
         true, (mean, sigma) = result.true, result.predictions[0].T
-        keep = np.unique(np.linspace(0, true.size - 1, min(max_points, true.size)).astype(int))
+        # a random subset: evenly spaced indices would alias with a grid's period
+        keep = np.sort(np.random.default_rng(0).choice(true.size, min(max_points, true.size), replace=False))
         jitter = (np.arange(keep.size) % 7 - 3) * 0.25  # side by side at a grid value
         ax.errorbar(true[keep] + jitter, mean[keep], yerr=sigma[keep], fmt=".", ms=2, lw=0.5, alpha=0.5)
         lo, hi = float(true.min()), float(true.max())
