@@ -52,20 +52,12 @@ def _sub_config(cfg: dict, name: str, config_path) -> tuple[dict, Path]:
 def transfer_stage(run_dir: Path, data: Path, out_dir: Path, name: str, device: str, progress: bool):
     """The stage that evaluates the run ``run_dir`` on ``data`` (another observation's test
     maps) into ``out_dir`` with ``force`` (the observation differs on purpose)."""
-    from cmbscat.experiment.evaluate import evaluate, evaluation_record
-    from cmbscat.experiment.pipeline import Stage
+    from cmbscat.experiment.evaluate import evaluate
+    from cmbscat.experiment.pipeline import evaluation_stage
 
-    metrics_path = out_dir / "metrics.json"
-
-    def found():
-        if not metrics_path.exists():
-            return None
-        m = json.loads(metrics_path.read_text())
-        return {k: m.get(k) for k in ("model_sha256", "test_sha256")}, False
-
-    return Stage(name, metrics_path, lambda: evaluation_record(run_dir, data), found,
-                 lambda: evaluate(run_dir, data, out_dir, device=device, progress=progress, force=True),
-                 lambda: metrics_path.unlink(missing_ok=True))
+    return evaluation_stage(name, run_dir, data, out_dir,
+                            lambda: evaluate(run_dir, data, out_dir, device=device, progress=progress,
+                                             force=True))
 
 
 def run_observed(config_path: str | Path, device: str = "auto", progress: bool = True,

@@ -378,6 +378,24 @@ def training_stage(name: str, run_dir: Path, config, device: str = "auto",
                  lambda: _discard_run_dir(run_dir), record_defaults(config), command=command)
 
 
+def evaluation_stage(name: str, run_dir: Path, data: Path, out_dir: Path, run: Callable[[], object]) -> Stage:
+    """The stage whose output is ``out_dir/metrics.json``, the evaluation of ``run_dir`` on
+    ``data`` that ``run`` writes; current while it records the hashes of the run's model
+    file and of ``data`` (:func:`cmbscat.experiment.evaluate.evaluation_record`)."""
+    from cmbscat.experiment.evaluate import evaluation_record
+
+    metrics_path = out_dir / "metrics.json"
+
+    def found():
+        if not metrics_path.exists():
+            return None
+        m = json.loads(metrics_path.read_text())
+        return {k: m.get(k) for k in ("model_sha256", "test_sha256")}, False
+
+    return Stage(name, metrics_path, lambda: evaluation_record(run_dir, data), found, run,
+                 lambda: metrics_path.unlink(missing_ok=True))
+
+
 class Experiment:
     """The stages of one config (see the module docstring), built lazily in data-flow order."""
 
@@ -509,26 +527,18 @@ class Experiment:
         return run_dir if split == "test" else run_dir / split
 
     def evaluate_stage(self, model: str, seed: int, split: str) -> Stage:
-        from cmbscat.experiment.evaluate import evaluate, evaluation_record
+        from cmbscat.experiment.evaluate import evaluate
 
         run_dir, data = self.run_dir(model, seed), self.data_path(model, split)
         out = self.eval_dir(model, seed, split)
-        metrics_path = out / "metrics.json"
-
-        def found():
-            if not metrics_path.exists():
-                return None
-            m = json.loads(metrics_path.read_text())
-            return {k: m.get(k) for k in ("model_sha256", "test_sha256")}, False
 
         def run():
             evaluate(run_dir, data, out, device=self.device, progress=self.progress)
             if split == "sealed":
                 _log_sealed(self.out, model, seed)
 
-        return Stage(f"evaluate {model} seed {seed}" + ("" if split == "test" else f" on {split}"),
-                     metrics_path, lambda: evaluation_record(run_dir, data), found, run,
-                     lambda: metrics_path.unlink(missing_ok=True))
+        return evaluation_stage(f"evaluate {model} seed {seed}" + ("" if split == "test" else f" on {split}"),
+                                run_dir, data, out, run)
 
     def chain(self, model: str, splits: tuple[str, ...]) -> list[Stage]:
         """Every stage that ``model`` needs, upstream first (per-map stages included)."""

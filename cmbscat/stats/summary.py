@@ -55,7 +55,6 @@ class MapStatistics:
         self.powspec_edges = power_spectrum_bins(self.lmax)
         self.thresholds = np.asarray(thresholds, dtype=np.float64)
         self.cl, self.observed, self.mean_field_maps = cl, observed, int(mean_field_maps)
-        self._mean_field_fitted = False
         if observed is None:
             self._cubic = CubicStatistic(cl, self.nside, self.lmax)
         else:
@@ -93,7 +92,9 @@ class MapStatistics:
     def needs_mean_field(self) -> bool:
         """True when the cubic statistic's linear terms must come from Gaussian maps (an
         observed file with a mask or inhomogeneous noise) and are not estimated yet."""
-        if self.observed is None or self._mean_field_fitted:
+        # the cubic's mean_field_maps: None (masked, not fitted), 0 (isotropic constants) or
+        # the number of maps it was fitted on
+        if self.observed is None or self._cubic.mean_field_maps:
             return False
         return self.observed.mask is not None or self.observed.observation.sigma is not None
 
@@ -105,10 +106,8 @@ class MapStatistics:
         from cmbscat.stats.observed import gaussian_observed_alms
 
         alms = gaussian_observed_alms(self.observed, self.cl, self.mean_field_maps)
-        n = self._cubic.fit_mean_field(tqdm(alms, total=self.mean_field_maps, desc="cubic mean field",
-                                            unit="map", disable=not progress))
-        self._mean_field_fitted = True
-        return n
+        return self._cubic.fit_mean_field(tqdm(alms, total=self.mean_field_maps, desc="cubic mean field",
+                                               unit="map", disable=not progress))
 
     def _observed_statistics(self, alm, sky_map, which) -> dict[str, np.ndarray]:
         """The statistics of an observed map d (a_lm ``alm``) through the file's mask."""
