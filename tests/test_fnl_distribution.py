@@ -159,6 +159,19 @@ def test_with_fnl_is_the_fresh_model_sharing_d_l():
     assert np.array_equal(other(alm), fresh(alm))
 
 
+def test_one_field_at_several_fnl_and_the_antithetic_identity():
+    """A passed quadratic_alm gives the same a_lm as the model's own; and the map of -g at
+    -f is exactly minus the map of g at f (benchmarks/fnl_anchor_bias.py relies on it)."""
+    cl = planck2018_cl(LMAX)
+    model, mirrored = LocalFNL(cl, NSIDE, 300.0), LocalFNL(cl, NSIDE, -300.0)
+    g_alm = SkySimulator(NSIDE, LMAX).alm(4, 0)[0]
+    g_map = hp.alm2map(g_alm, NSIDE, lmax=LMAX)
+    q_alm = model.quadratic_alm(g_map)
+    assert np.array_equal(model(g_alm, quadratic_alm=q_alm), model(g_alm, g_map))
+    assert np.array_equal(mirrored.quadratic_alm(-g_map), q_alm)
+    assert np.allclose(mirrored(-g_alm, -g_map), -model(g_alm, g_map), rtol=0, atol=1e-12 * np.abs(g_alm).max())
+
+
 def test_simulator_builds_one_model_per_value_and_keeps_few():
     sim = SkySimulator(NSIDE, LMAX, 0.0)
     assert sim.local_model(20.0) is sim.local_model(20.0)

@@ -117,16 +117,21 @@ class LocalFNL:
         """a_lm (up to lmax) of g^2 - <g^2> for a map g in uK (RING, npix of self.nside)."""
         return hp.map2alm(g_map * g_map - self.sigma2, lmax=self.lmax, iter=0)
 
-    def __call__(self, g_alm: np.ndarray, g_map: np.ndarray | None = None) -> np.ndarray:
+    def __call__(self, g_alm: np.ndarray, g_map: np.ndarray | None = None,
+                 quadratic_alm: np.ndarray | None = None) -> np.ndarray:
         """Non-Gaussian a_lm (complex128, healpy order) from Gaussian a_lm ``g_alm``.
 
-        ``g_map`` (the map of ``g_alm`` at self.nside) may be passed to save a transform.
+        ``g_map`` (the map of ``g_alm`` at self.nside) may be passed to save a transform;
+        ``quadratic_alm`` (:meth:`quadratic_alm` of that map, the same at every f_NL)
+        saves both, e.g. when one field is taken to several f_NL.
         """
         if self.fnl == 0.0:
             return g_alm * self._transfer_alm
-        if g_map is None:
-            g_map = hp.alm2map(g_alm, self.nside, lmax=self.lmax)
-        return (g_alm - self.a * self.quadratic_alm(g_map)) * self._transfer_alm
+        if quadratic_alm is None:
+            if g_map is None:
+                g_map = hp.alm2map(g_alm, self.nside, lmax=self.lmax)
+            quadratic_alm = self.quadratic_alm(g_map)
+        return (g_alm - self.a * quadratic_alm) * self._transfer_alm
 
 
 class LocalGNL:
