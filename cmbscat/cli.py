@@ -62,7 +62,9 @@ def _fits_observation_options(func):
                           "simulate's C1 taper. Needs --mask. 0 = none."),
         click.option("--beam-fwhm", "beam_fwhm", type=float, default=0.0, metavar="ARCMIN",
                      help="FITS map IN only: the Gaussian beam FWHM (arcmin) the map was observed "
-                          "with, as simulate's (no pixel window). Recorded; stats filter the cubic "
+                          "with, as simulate's (the map is taken to carry its own nside's pixel "
+                          "window too, exchanged for the analysis nside's when brought down). "
+                          "Recorded; stats filter the cubic "
                           "statistic with it and draw its mean-field maps through it. 0 = none."),
         click.option("--noise", "noise", type=float, default=0.0, metavar="UK_ARCMIN",
                      help="FITS map IN only: its white-noise depth (uK arcmin), as simulate's; "
@@ -139,8 +141,9 @@ def main():
                    "--ng-model local; not with --fnl.")
 @click.option("--beam-fwhm", "beam_fwhm", type=float, default=0.0, metavar="ARCMIN",
               help="Observe the skies through a Gaussian beam of this full width at half maximum "
-                   "(arcmin), applied to the a_lm as healpy's gauss_beam; no HEALPix pixel window "
-                   "(healpy would have to download its tables). 0 = no beam.")
+                   "(arcmin), applied to the a_lm as healpy's gauss_beam times the HEALPix pixel "
+                   "window of --nside (shipped in data/; healpy would download it). 0 = no beam "
+                   "and no pixel window.")
 @click.option("--noise", "noise", type=float, default=0.0, metavar="UK_ARCMIN",
               help="Add white noise of this depth (uK arcmin; Planck-like: 45), band-limited at "
                    "--lmax: N_l = depth^2 in uK^2 sr, drawn in harmonic space, or per pixel with "

@@ -18,6 +18,7 @@ from cmbscat.experiment.evaluate import evaluate, false_alarm_probability, predi
 from cmbscat.experiment.train import TrainConfig, train
 from cmbscat.scattering.stage import scatter
 from cmbscat.sky.observe import ObservationConfig
+from cmbscat.sky.pixel_window import pixel_window
 from cmbscat.sky.simulate import SimulationConfig, simulate
 from cmbscat.sky.source import comparable_observations, open_source
 from cmbscat.stats.stage import compute_stats
@@ -41,8 +42,9 @@ def invoke(*args):
 def files(tmp_path_factory):
     """Observed sims (train 16 maps, test 8; galactic:20 cut, 5 deg apodization, 60' beam,
     30 uK' noise), their scattering files, and FITS files made from test map INDEX: RING,
-    NESTED, with UNSEEN/NaN pixels, at nside 64; the test file's binary mask as FITS at
-    nside 32 and, NESTED, at nside 64."""
+    NESTED, with UNSEEN/NaN pixels, at nside 64 (the same sky observed at nside 64: the
+    pixel window of 64 in place of 32's); the test file's binary mask as FITS at nside 32
+    and, NESTED, at nside 64."""
     root = tmp_path_factory.mktemp("front_door")
     out = {"root": root}
     for name, n, seed in (("train", 16, 1), ("test", 8, 2)):
@@ -59,7 +61,8 @@ def files(tmp_path_factory):
     for name, values, nest in (("ring", sky, False), ("nested", hp.reorder(sky, r2n=True), True),
                                ("mask32", binary, False),
                                ("mask64", hp.reorder(hp.ud_grade(binary, 64), r2n=True), True),
-                               ("ring64", hp.alm2map(alm, 64, lmax=LMAX), False)):
+                               ("ring64", hp.alm2map(hp.almxfl(alm, pixel_window(64, LMAX) / pixel_window(NSIDE, LMAX)),
+                                                     64, lmax=LMAX), False)):
         out[name] = root / f"{name}.fits"
         hp.write_map(str(out[name]), values, nest=nest, dtype=np.float64)
     # invalid pixels in the observed sky: a disc of UNSEEN near the north pole, two NaN

@@ -16,8 +16,9 @@ from cmbscat.sky.observe import (ARCMIN, MaskSpec, ObservationConfig, apodize_c1
                                  galactic_cut, map2alm_iter0, noise_rng, noise_sigma_map,
                                  pixel_area_arcmin2, regrade_hits, regrade_mask, scan_hits,
                                  source_centres, source_holes, white_noise_alm, white_noise_power)
-from cmbscat.sky.simulate import (SimulationConfig, SkySimulator, regenerate_map, simulate,
-                                  simulation_defaults)
+from cmbscat.sky.pixel_window import pixel_window
+from cmbscat.sky.simulate import (PIXEL_WINDOW_APPLIED, SimulationConfig, SkySimulator, regenerate_map,
+                                  simulate, simulation_defaults)
 from cmbscat.sky.source import open_source
 from cmbscat.store import Shard, combine_shards
 
@@ -57,17 +58,12 @@ def test_beam_window_is_gauss_beam_and_is_applied_to_the_alm():
     assert beam_window(LMAX, fwhm).shape == (LMAX + 1,)
     assert np.allclose(beam_window(LMAX, fwhm), expected, rtol=1e-14, atol=0)
     assert np.array_equal(beam_window(LMAX, 0.0), np.ones(LMAX + 1))
-    # the pixel window needs healpy's downloaded tables: the product where present, else one line
-    try:
-        pixwin = hp.pixwin(NSIDE, lmax=LMAX)
-    except Exception:
-        with pytest.raises(CmbscatError, match="pixel window of nside 16 is not available"):
-            beam_window(LMAX, fwhm, NSIDE)
-    else:
-        assert np.allclose(beam_window(LMAX, fwhm, NSIDE), expected * pixwin)
+    # with an nside, times the pixel window of that nside (shipped table): the observation's beam
+    pixwin = pixel_window(NSIDE, LMAX)
+    assert np.allclose(beam_window(LMAX, fwhm, NSIDE), expected * pixwin, rtol=1e-14, atol=0)
     alm = SkySimulator(NSIDE, LMAX).alm(7, 0)[0]
     observed = ObservationConfig(beam_fwhm_arcmin=fwhm).observe(alm, 7, NSIDE, LMAX)
-    assert np.allclose(observed, hp.almxfl(alm, expected), rtol=0, atol=1e-12)
+    assert np.allclose(observed, hp.almxfl(alm, expected * pixwin), rtol=0, atol=1e-12)
 
 
 def test_homogeneous_noise_has_the_stated_power():
@@ -237,7 +233,7 @@ def test_observed_file_layout_and_every_map_regenerates(observed_file):
     assert data["hits"].shape == (npix,) and np.array_equal(data["hits"], scan_hits(NSIDE))
     assert attrs["beam_fwhm_arcmin"] == 60.0 and attrs["noise_uk_arcmin"] == 45.0
     assert attrs["mask"] == "galactic:20.0,sources:20:120.0" and attrs["hits"] == "scan"
-    assert attrs["apodize_deg"] == 10.0 and attrs["pixel_window"] == "not applied"
+    assert attrs["apodize_deg"] == 10.0 and attrs["pixel_window"] == f"{PIXEL_WINDOW_APPLIED} {NSIDE}"
     assert attrs["regenerate"].endswith(" --beam-fwhm 60.0 --noise 45.0 --hits scan "
                                         "--mask galactic:20.0,sources:20:120.0 --apodize 10.0")
     params = json.loads(attrs["cmbscat_params"])

@@ -37,7 +37,10 @@ def test_observed_sky_reads_the_file(observed):
     assert np.all(sky.noise_cl[:2] == 0) and sky.noise_cl[10] == pytest.approx((600.0 * np.pi / 10800) ** 2)
     import healpy as hp
 
-    np.testing.assert_allclose(sky.beam, hp.gauss_beam(np.radians(2.0), LMAX), rtol=1e-12)
+    from cmbscat.sky.pixel_window import pixel_window
+
+    np.testing.assert_allclose(sky.beam, hp.gauss_beam(np.radians(2.0), LMAX) * pixel_window(NSIDE, LMAX),
+                               rtol=1e-12)
 
 
 def test_noiseless_full_sky_file_has_no_observation(tmp_path):

@@ -47,9 +47,11 @@ The map is unlabelled (label -1, seed -1, f_NL NaN). Its observation record
 (:func:`~cmbscat.sky.source.observation_record`: beam, noise, hits, mask SPEC, apodization,
 the SHA-256 of the FITS files named, the mask weights' content hash) is built as an
 observed sims file's, and the stages copy it into their outputs, so that
-``cmbscat evaluate`` can hold it against a model's training observation. No HEALPix pixel
-window is assumed, as for the simulations (:mod:`cmbscat.sky.observe`): the declared beam
-should include the map's own pixel window if it matters at the model's lmax.
+``cmbscat evaluate`` can hold it against a model's training observation. With a declared
+beam the map is taken to carry the HEALPix pixel window of its own nside besides the beam,
+as the simulations carry that of theirs (:mod:`cmbscat.sky.observe`): step 5 then exchanges
+the one for the other (w_l(N) / w_l(map nside), :mod:`cmbscat.sky.pixel_window`), so the
+declared beam is the instrument's alone.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ import numpy as np
 from cmbscat.errors import CmbscatError
 from cmbscat.healpix import synthesis
 from cmbscat.sky.observe import ObservationConfig, bad_pixels, regrade_mask
+from cmbscat.sky.pixel_window import pixel_window
 from cmbscat.sky.source import INPUT_MAP2ALM_ITER, OBSERVATION_DEFAULTS, Source, observation_record
 
 Note = Callable[[str], None]
@@ -173,15 +176,20 @@ def open_fits_map(path: str | Path, observation: ObservationConfig | None = None
                 else regrade_mask(observed.astype(np.float64), user.nside) > 0)
         zero_filled = np.where(keep, user.values, 0.0)
         alm = hp.map2alm(zero_filled, lmax=lmax_n, mmax=lmax_n, iter=INPUT_MAP2ALM_ITER, use_weights=False)
+        if observation.beam_fwhm_arcmin > 0:
+            # a beamed map carries its own nside's pixel window; the training maps, N's
+            alm = hp.almxfl(alm, pixel_window(n_side, lmax_n) / pixel_window(user.nside, lmax_n))
         sky_map = synthesis(alm, n_side, lmax_n)
         if observed is not None:
             sky_map = np.where(observed, sky_map, 0.0)
         regrade = (f"nside {user.nside} brought to {n_side} in harmonic space (a_lm to l = {lmax_n} of "
-                   "the map with its masked pixels at 0, synthesised at the analysis nside)")
+                   "the map with its masked pixels at 0, " +
+                   ("its pixel window exchanged for the analysis nside's, " if observation.beam_fwhm_arcmin > 0
+                    else "") + "synthesised at the analysis nside)")
         note(f"{path}: {regrade}")
     for line in notes:
         tell(line)
-    attrs = _observation_attrs(observation)
+    attrs = _observation_attrs(observation, n_side)
     record = observation_record(attrs, None if mask is None else mask.weights)
     info = {"map_nside": user.nside, "map_ordering": user.ordering or "RING (no ORDERING keyword)",
             "map_invalid_pixels": n_invalid, "analysis_nside": n_side, "map_regrade": regrade}
@@ -192,11 +200,12 @@ def open_fits_map(path: str | Path, observation: ObservationConfig | None = None
                   hits=hits, fits_info=info)
 
 
-def _observation_attrs(observation: ObservationConfig) -> dict:
-    """The settings and FITS hashes of a declared observation, as a sims file records them."""
+def _observation_attrs(observation: ObservationConfig, nside: int) -> dict:
+    """The settings and FITS hashes of a declared observation, as a sims file at the
+    analysis ``nside`` records them."""
     from cmbscat.sky.simulate import observation_attrs
 
-    return observation_attrs(observation) if not observation.is_trivial else {}
+    return observation_attrs(observation, nside) if not observation.is_trivial else {}
 
 
 def fits_params(source: Source) -> dict:

@@ -6,11 +6,10 @@ What ``cmbscat simulate`` does to each map's a_lm T_lm (uK, healpy order, band l
 ``d_lm = b_l T_lm + n_lm``, l <= lmax,
 
 * ``b_l``: a Gaussian beam of full width at half maximum ``beam_fwhm_arcmin``
-  (``healpy.gauss_beam``). No HEALPix pixel window is applied: healpy 1.20 no longer
-  ships its pixel-window tables and downloads them on first use, which this project's
-  machines cannot do, and a window that depended on the network would make a file's
-  content depend on where it was made. :func:`beam_window` takes the window when
-  asked (``nside``) and the tables are there.
+  (``healpy.gauss_beam``) times the HEALPix pixel window w_l of the file's nside (the
+  pixel averaging every real map has; :mod:`cmbscat.sky.pixel_window`, computed here and
+  shipped, since healpy 1.20 downloads its tables and these machines cannot). The window
+  goes with the beam: files without a beam are the skies as simulated, unchanged.
 * ``n_lm``: white noise of depth ``noise_uk_arcmin`` (uK arcmin). Homogeneous: drawn in
   harmonic space with N_l = depth^2 (uK^2 sr) for every l <= lmax (:func:`white_noise_alm`),
   exact and without a transform. With a hit map (``hits``): drawn per pixel with
@@ -61,20 +60,18 @@ def beam_window(lmax: int, fwhm_arcmin: float, nside: int | None = None) -> np.n
 
     ``healpy.gauss_beam(fwhm in radians, lmax)``; fwhm 0 gives all ones (no beam).
     With ``nside`` it is multiplied by the HEALPix pixel window of that nside
-    (``healpy.pixwin``), which needs healpy's data tables: refused (one line) where
-    healpy cannot find or download them. The simulate stage passes no nside (module
-    docstring).
+    (:func:`cmbscat.sky.pixel_window.pixel_window`, from the shipped table; an nside
+    not in it is refused in one line), as :meth:`ObservationConfig.prepare` does for
+    a beam.
     """
+    from cmbscat.sky.pixel_window import pixel_window
+
     if not (math.isfinite(fwhm_arcmin) and fwhm_arcmin >= 0):
         raise CmbscatError(f"--beam-fwhm must be a finite number >= 0 arcmin, got {fwhm_arcmin}")
     window = (hp.gauss_beam(fwhm_arcmin * ARCMIN, lmax=lmax) if fwhm_arcmin > 0
               else np.ones(lmax + 1))
     if nside is not None:
-        try:
-            window = window * hp.pixwin(nside, lmax=lmax)
-        except Exception as exc:  # astropy raises URLError (and others) when offline
-            raise CmbscatError(f"the HEALPix pixel window of nside {nside} is not available "
-                               f"(healpy downloads its tables on first use: {type(exc).__name__})") from None
+        window = window * pixel_window(nside, lmax)
     return np.asarray(window, dtype=np.float64)
 
 
@@ -565,9 +562,9 @@ class ObservationConfig:
     def prepare(self, nside: int, lmax: int, hits: np.ndarray | None = None,
                 note: Note | None = None) -> "Observation":
         """What :meth:`Observation.observe` needs for maps at (nside, lmax): the beam window
-        and the noise's per-pixel sigma (from ``hits`` when given, e.g. a file's stored
+        (Gaussian beam times the pixel window of ``nside``) and the noise's per-pixel sigma (from ``hits`` when given, e.g. a file's stored
         ``/hits``, else :meth:`hit_map`). Reads the hit map's FITS file, if any."""
-        beam = beam_window(lmax, self.beam_fwhm_arcmin) if self.beam_fwhm_arcmin > 0 else None
+        beam = beam_window(lmax, self.beam_fwhm_arcmin, nside) if self.beam_fwhm_arcmin > 0 else None
         sigma = None
         if self.noise_uk_arcmin > 0 and self.hits:
             hits = self.hit_map(nside, note) if hits is None else np.asarray(hits, np.float64)

@@ -55,6 +55,7 @@ from cmbscat.sky.spectra import CL_SOURCE, gaussian_alm, planck2018_cl
 from cmbscat.store import ItemWriter, Shard, file_sha256
 
 STORE_CHOICES = ("alm", "maps", "both")
+PIXEL_WINDOW_APPLIED = "with the beam: the HEALPix pixel window (data/healpix_pixel_window.npz) of nside"
 OBSERVATION_FIELDS = ("beam_fwhm_arcmin", "noise_uk_arcmin", "hits", "mask", "apodize_deg")
 NG_MODELS = ("local", "gnl")
 DEFAULT_FNL = 1000.0  # the CLI's f_NL for --ng-model local when --fnl is not given
@@ -501,20 +502,21 @@ def simulation_attrs(config: SimulationConfig) -> dict:
         "kind": "sims",
     }
     if not config.observation.is_trivial:
-        attrs.update(observation_attrs(config.observation))
+        attrs.update(observation_attrs(config.observation, config.nside))
         attrs["regenerate"] += observation_flags(config.observation)
     return attrs
 
 
-def observation_attrs(observation: ObservationConfig) -> dict:
-    """Attributes of an observed sims file: the settings, FITS hashes, and what they mean."""
+def observation_attrs(observation: ObservationConfig, nside: int) -> dict:
+    """Attributes of an observed sims file at ``nside``: the settings, FITS hashes, and what they mean."""
     attrs = {name: getattr(observation, name) for name in OBSERVATION_FIELDS}
     for name, fits in observation.fits_files.items():
         attrs[f"{name}_sha256"] = file_sha256(fits)
-    attrs["pixel_window"] = "not applied"
+    attrs["pixel_window"] = (f"{PIXEL_WINDOW_APPLIED} {nside}" if observation.beam_fwhm_arcmin > 0
+                             else "none (no beam)")
     attrs["observation_meaning"] = (
         "/alm and /maps hold d = b_l T_lm + n_lm, band-limited at lmax: b_l the Gaussian beam "
-        "(beam_fwhm_arcmin; no pixel window), n white noise of depth noise_uk_arcmin (uK arcmin), "
+        "(beam_fwhm_arcmin) times the HEALPix pixel window of nside (attribute pixel_window), n white noise of depth noise_uk_arcmin (uK arcmin), "
         "modulated by /hits when hits is set; the mask is NOT applied: /mask (float32, apodized "
         "with apodize_deg, 1 = fully observed) and /mask_binary (uint8, 1 = observed), RING")
     return attrs

@@ -58,7 +58,8 @@ MASKED_MAP2ALM_ITER = 3
 #: file they name and of the stored mask weights): a file made before observations existed
 #: reads as not observed.
 OBSERVATION_DEFAULTS = {"beam_fwhm_arcmin": 0.0, "noise_uk_arcmin": 0.0, "hits": "", "hits_sha256": "",
-                        "mask": "", "mask_sha256": "", "apodize_deg": 0.0, "mask_content_sha256": ""}
+                        "mask": "", "mask_sha256": "", "apodize_deg": 0.0, "mask_content_sha256": "",
+                        "pixel_window": ""}
 
 
 @dataclass

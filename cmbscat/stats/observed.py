@@ -72,6 +72,9 @@ def observed_sky(path: str | Path, nside: int, lmax: int) -> ObservedSky | None:
                 for name in OBSERVATION_FIELDS if name in attrs}
     if not settings and mask is None:
         return None
+    if float(settings.get("beam_fwhm_arcmin", 0.0)) > 0 and attrs.get("pixel_window") == "not applied":
+        raise CmbscatError(f"{path} was simulated before the beam carried the HEALPix pixel window; "
+                           "simulate it again (its regenerate attribute has the command)")
     try:
         config = ObservationConfig(float(settings.get("beam_fwhm_arcmin", 0.0)),
                                    float(settings.get("noise_uk_arcmin", 0.0)), str(settings.get("hits", "")),
