@@ -1,10 +1,13 @@
 """The classical statistics of observed files (beam, noise, mask): what each reads, the
 cubic statistic's zero mean on masked noisy Gaussian maps and its response to f_NL."""
 
+import shutil
+
 import h5py
 import numpy as np
 import pytest
 
+from cmbscat.errors import CmbscatError
 from cmbscat.sky.simulate import SimulationConfig, simulate
 from cmbscat.sky.spectra import planck2018_cl
 from cmbscat.stats.minkowski import MinkowskiFunctionals
@@ -41,6 +44,16 @@ def test_observed_sky_reads_the_file(observed):
 
     np.testing.assert_allclose(sky.beam, hp.gauss_beam(np.radians(2.0), LMAX) * pixel_window(NSIDE, LMAX),
                                rtol=1e-12)
+
+
+def test_a_file_simulated_without_the_pixel_window_is_refused(observed, tmp_path):
+    sims, _ = observed
+    old = tmp_path / "old.h5"
+    shutil.copy(sims, old)
+    with h5py.File(old, "r+") as f:
+        f.attrs["pixel_window"] = "not applied"   # as files made before the window was applied
+    with pytest.raises(CmbscatError, match="before the beam carried the HEALPix pixel window"):
+        observed_sky(old, NSIDE, LMAX)
 
 
 def test_noiseless_full_sky_file_has_no_observation(tmp_path):
