@@ -91,3 +91,26 @@ def test_mean_field_maps_refused_below_two(observed, tmp_path):
     sims, _ = observed
     proc = run_cli("stats", str(sims), str(tmp_path / "s.h5"), "--mean-field-maps", "1", "--no-progress")
     assert_one_line_error(proc, "--mean-field-maps")
+
+
+def test_a_classical_model_is_held_to_its_training_observation(observed, tmp_path):
+    """A classifier trained on noiseless full-sky statistics meets the observed file: refused
+    in one line naming what differs, accepted with --force (and the metrics say what differed)."""
+    from cmbscat.experiment.evaluate import evaluate
+    from cmbscat.experiment.train import TrainConfig, train
+
+    observed_sims, observed_stats = observed
+    plain_sims, plain_stats = tmp_path / "plain.h5", tmp_path / "plain_stats.h5"
+    simulate(plain_sims, SimulationConfig(n_maps=40, nside=NSIDE, lmax=LMAX, fnl=1500.0, seed=5, store="alm"),
+             progress=False)
+    compute_stats(plain_sims, plain_stats, progress=False)
+    train(tmp_path / "run", TrainConfig(data=str(plain_stats), model="onepoint"), progress=False)
+    assert evaluate(tmp_path / "run", plain_stats, tmp_path / "same", progress=False)  # same observation
+    assert_one_line_error(run_cli("evaluate", tmp_path / "run", observed_stats, "--out", tmp_path / "e",
+                                  "--no-progress"), "observed otherwise", "beam_fwhm_arcmin", "--force")
+    metrics = evaluate(tmp_path / "run", observed_stats, tmp_path / "forced", progress=False, force=True)
+    assert "beam_fwhm_arcmin" in metrics["observation_differs"]
+    # and a model trained on the observed statistics takes observed maps as they are
+    train(tmp_path / "observed_run", TrainConfig(data=str(observed_stats), model="onepoint"), progress=False)
+    assert "observation_differs" not in evaluate(tmp_path / "observed_run", observed_stats, tmp_path / "o",
+                                                 progress=False)

@@ -157,12 +157,16 @@ def observation_identity(path: str | Path) -> dict:
     (:func:`cmbscat.sky.source.observation_record`): beam, noise, hits, mask SPEC,
     apodization, the SHA-256 of the FITS files they name and of the mask weights
     (``mask_content_sha256``, "" without a mask). A sims file's is read from its attributes
-    and ``/mask``; a scattering file's from the attributes it copied from its sims file
-    (a file without them: not observed, every entry at its default)."""
-    kind = require_kind(path, ("sims", "scattering"), "reading the observation")
+    and ``/mask``; a scattering file's from the attributes it copied from its sims file, a
+    statistics file's from its ``observation_*`` attributes (a file without them: not
+    observed, every entry at its default)."""
+    kind = require_kind(path, ("sims", "scattering", "stats"), "reading the observation")
     if kind == "sims":
         return open_source(path, "reading the observation").observation
     with h5py.File(path, "r") as f:
+        if kind == "stats":  # stored as observation_<key>
+            return observation_record({k[len("observation_"):]: v for k, v in f.attrs.items()
+                                       if k.startswith("observation_")})
         return observation_record(f.attrs)
 
 

@@ -16,11 +16,12 @@ logit, its probability and its false-alarm probability among the Gaussian maps o
 labelled reference test set (:func:`false_alarm_probability`), or an f_NL estimator's
 estimate and sigma; ``scores.json``.
 
-A network's checkpoint records how its training data were observed (beam, noise, mask:
-:func:`cmbscat.experiment.datasets.observation_identity`); a test file observed otherwise
+A network's checkpoint and a classical model's ``model.pkl`` record how the training data
+were observed (beam, noise, mask: :func:`cmbscat.experiment.datasets.observation_identity`
+of the scattering, statistics or sims file); a test file observed otherwise
 (a masked-trained model on an unmasked file, another mask, another beam) is refused in
 one line unless ``force`` is given, and then ``metrics.json`` records what differed
-(``observation_differs``). Checkpoints from before this record are not checked. A test
+(``observation_differs``). Models saved before this record are not checked. A test
 file with a pooling weight (a masked file) gives it to the network.
 """
 
@@ -94,22 +95,24 @@ def observation_mismatch(run_dir: str | Path, saved: dict, data: str | Path, for
         return ""
     what = describe_difference(trained, test)
     if not force:
-        masked = "a masked" if saved.get("masked") else "an unmasked"
+        masked = "a masked" if saved.get("masked", bool(trained.get("mask"))) else "an unmasked"
         raise CmbscatError(f"{run_dir} was trained on {masked} sky observed otherwise than {data} "
                            f"(training vs test: {what}); pass --force to evaluate anyway")
     return what
 
 
 def check_observation(run_dir: str | Path, data: str | Path, force: bool = False) -> str:
-    """:func:`observation_mismatch` of the run's network on ``data`` ("" for the classical
-    models, whose records do not hold the observation)."""
+    """:func:`observation_mismatch` of the run's model (network checkpoint or classical
+    ``model.pkl``) on ``data``."""
     config, model_path = load_run(run_dir)
     if config["model"] in CLASSICAL_MODELS:
-        return ""
-    import torch
+        with open(model_path, "rb") as f:
+            saved = pickle.load(f)
+    else:
+        import torch
 
-    return observation_mismatch(run_dir, torch.load(model_path, map_location="cpu", weights_only=False),
-                                data, force)
+        saved = torch.load(model_path, map_location="cpu", weights_only=False)
+    return observation_mismatch(run_dir, saved, data, force)
 
 
 def _network(run_dir, config: dict, model_path: Path, data, device: str, batch_size: int,
@@ -336,7 +339,7 @@ def score_maps(run_dir: str | Path, data: str | Path, reference: str | Path | No
 
     A network trained on data observed otherwise (beam, noise, mask) than ``data`` or the
     reference is refused in one line unless ``force`` (:func:`observation_mismatch`; what
-    differed is then recorded). The classical models' records hold no observation: not checked.
+    differed is then recorded).
     """
     from scipy.special import expit
 

@@ -432,21 +432,26 @@ def classical_classifier():
 
 
 def _train_classical(run_dir: Path, config: TrainConfig, inputs) -> dict:
+    from cmbscat.experiment.datasets import observation_identity
+
     x, meta, labels, fnl, _ = inputs
     train_idx, val_idx = split_indices(labels, config.val_fraction, config.seed)
+    observation = observation_identity(config.data)   # evaluate holds test files against it
     if config.target == "fnl":
-        return _fit_fnl_estimator(run_dir, config, x, meta, fnl, train_idx, val_idx)
+        return _fit_fnl_estimator(run_dir, config, x, meta, fnl, train_idx, val_idx, observation)
     classifier = classical_classifier()
     classifier.fit(x[train_idx], labels[train_idx])
     with open(run_dir / "model.pkl.tmp", "wb") as f:
-        pickle.dump({"kind": config.model, "classifier": classifier, "meta": meta}, f)
+        pickle.dump({"kind": config.model, "classifier": classifier, "meta": meta,
+                     "observation": observation}, f)
     os.replace(run_dir / "model.pkl.tmp", run_dir / "model.pkl")
     return {"model": config.model, "n_train": int(train_idx.size), "n_val": int(val_idx.size),
             "train_accuracy": float(classifier.score(x[train_idx], labels[train_idx])),
             "val_accuracy": float(classifier.score(x[val_idx], labels[val_idx]))}
 
 
-def _fit_fnl_estimator(run_dir: Path, config: TrainConfig, x, meta, fnl, train_idx, val_idx) -> dict:
+def _fit_fnl_estimator(run_dir: Path, config: TrainConfig, x, meta, fnl, train_idx, val_idx,
+                       observation: dict) -> dict:
     """A classical statistic's f_NL estimator into ``model.pkl``: the anchor S / F for
     ``cubic_fisher``, else a :class:`FeatureRegressor` (fitted on the training split,
     weights chosen and sigma calibrated on the validation split)."""
@@ -460,7 +465,8 @@ def _fit_fnl_estimator(run_dir: Path, config: TrainConfig, x, meta, fnl, train_i
                                                             x[val_idx], fnl[val_idx])
         fitted = {"calibration": estimator.calibration, "best_step": estimator.best_step}
     with open(run_dir / "model.pkl.tmp", "wb") as f:
-        pickle.dump({"kind": config.model, "target": "fnl", "estimator": estimator, "meta": meta}, f)
+        pickle.dump({"kind": config.model, "target": "fnl", "estimator": estimator, "meta": meta,
+                     "observation": observation}, f)
     os.replace(run_dir / "model.pkl.tmp", run_dir / "model.pkl")
     summary = {"model": config.model, "target": "fnl", "n_train": int(train_idx.size),
                "n_val": int(val_idx.size), **fitted}
