@@ -79,3 +79,14 @@ def test_slurm_cluster_takes_the_config_options():
     finally:
         cluster.close()
     assert "-p cosmo" in script and "02:00:00" in script and "--nthreads 1" in script
+
+
+def test_shard_tasks_do_not_inherit_the_dask_workers_malloc_setting(monkeypatch):
+    """A Dask nanny gives its worker MALLOC_TRIM_THRESHOLD_=65536 (its memory management);
+    the shard task's subprocess runs without it, with one OpenMP thread."""
+    from cmbscat.experiment.executor import one_thread_env
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    env = one_thread_env()
+    assert "MALLOC_TRIM_THRESHOLD_" not in env and env["OMP_NUM_THREADS"] == "1"
