@@ -142,7 +142,30 @@ def test_pipeline_fnl_table(tmp_path, monkeypatch):
     assert "Fisher prediction" in text
     row = next(line for line in text.splitlines() if line.startswith("| cubic statistic S / F"))
     assert "| 1.00 |" in row  # the anchor against itself
+    assert "Bias against the anchor on the same maps" in text
     assert table.with_suffix(".png").stat().st_size > 0
     # a second run finds everything current and writes the same table
     assert run_pipeline(tmp_path / "c.json", device="cpu", progress=False).read_text().split("Stage wall")[0] \
         == text.split("Stage wall")[0]
+
+
+def test_paired_bias_cancels_the_maps_own_fluctuation():
+    """A method = the anchor's estimate + a known bias + a little noise of its own: the paired
+    bias finds the bias with the small noise's error, where the unpaired one sees sigma."""
+    from cmbscat.experiment.fnl_report import FnlResult, paired_bias
+
+    rng = np.random.default_rng(3)
+    true = np.repeat([-40.0, 0.0, 40.0], 400)
+    anchor = true + 3.0 * rng.standard_normal(true.size)          # unbiased, sigma 3
+    bias = 0.05 * true                                              # -2, 0, +2
+    method = anchor + bias + 1.0 * rng.standard_normal(true.size)  # correlated with the anchor
+
+    def result(model, mean):
+        return FnlResult(model, [0], [{}], np.stack([mean, np.ones_like(mean)], axis=1)[None], true)
+
+    rows = paired_bias(result("hybrid", method), result("cubic_fisher", anchor))
+    assert [r["fnl"] for r in rows] == [-40.0, 0.0, 40.0] and all(r["n"] == 400 for r in rows)
+    for r, expected in zip(rows, (-2.0, 0.0, 2.0)):
+        assert abs(r["bias_error"] - 1.0 / 20) < 0.01          # the method's own noise / sqrt(n)
+        assert abs(r["bias"] - expected) < 4 * r["bias_error"]
+        assert abs(r["sigma_fnl"] - np.sqrt(10.0)) < 0.3
