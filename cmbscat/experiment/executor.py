@@ -122,8 +122,10 @@ class ShardExecutor:
             self._cluster.scale(n=n_tasks)
             self._client = Client(self._cluster)
         else:
+            # ":0": any free port for the scheduler's HTTP server, which starts even without a
+            # dashboard and otherwise warns when another cluster (a second pipeline) holds 8787
             self._cluster = LocalCluster(n_workers=n_tasks, threads_per_worker=1, processes=True,
-                                         dashboard_address=None)
+                                         dashboard_address=":0")
             self._client = Client(self._cluster)
         return self._client
 
