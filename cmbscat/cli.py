@@ -356,12 +356,17 @@ def stats(source, out, lmax, mean_field_maps, mask, apodize, beam_fwhm, noise, h
                    "the networks output a mean and a log sigma trained with the Gaussian "
                    "negative log-likelihood, the classical statistics get a small MLP with the "
                    "same likelihood; sigma is calibrated on the validation split.")
+@click.option("--sign-flip/--no-sign-flip", default=False, show_default=True,
+              help="--target fnl networks: use the exact symmetry (map, f_NL) -> (-map, -f_NL). "
+                   "Each training example is negated with its f_NL with probability 1/2 (the "
+                   "hybrid's odd channels and S[] change sign, the others not), and the estimate "
+                   "is [m(x) - m(-x)] / 2, odd in the map: its bias is odd in f_NL and zero at 0.")
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
 @_progress_option
 def train(data, run_dir, model, epochs, batch_size, lr, weight_decay, val_fraction, seed,
           baseline_nside, baseline_lmax, patience, augment, precise_bn, max_maps, channels, target,
-          device, progress):
+          sign_flip, device, progress):
     """Train a classifier (or, with --target fnl, an f_NL estimator) on DATA into RUN_DIR
     (checkpoints, curves, config).
 
@@ -376,7 +381,7 @@ def train(data, run_dir, model, epochs, batch_size, lr, weight_decay, val_fracti
                          weight_decay=weight_decay, val_fraction=val_fraction, seed=seed,
                          baseline_nside=baseline_nside, baseline_lmax=baseline_lmax,
                          patience=patience, augment=augment, precise_bn=precise_bn, max_maps=max_maps,
-                         channels=channels, target=target)
+                         channels=channels, target=target, sign_flip=sign_flip)
     summary = run(run_dir, config, device=device, progress=progress)
     if target == "fnl":
         score = (f"validation f_NL rms error {summary['val_rmse']:.3g}" if "val_rmse" in summary

@@ -169,3 +169,64 @@ def test_paired_bias_cancels_the_maps_own_fluctuation():
         assert abs(r["bias_error"] - 1.0 / 20) < 0.01          # the method's own noise / sqrt(n)
         assert abs(r["bias"] - expected) < 4 * r["bias_error"]
         assert abs(r["sigma_fnl"] - np.sqrt(10.0)) < 0.3
+
+
+def test_sign_flip_algebra():
+    """SignFlip's input and target maps are involutions, and its odd output is odd."""
+    from cmbscat.experiment.fnl_estimators import SignFlip
+
+    rng = np.random.default_rng(0)
+    odd = np.array([True, False, True])
+    mean, std = rng.normal(size=(1, 3, 1)).astype(np.float32), rng.uniform(1, 2, (1, 3, 1)).astype(np.float32)
+    flip = SignFlip(odd, mean, std, target_mean=3.0, target_std=20.0)
+    raw = rng.normal(size=(4, 3, 5)).astype(np.float32)
+    x = (raw - mean) / std
+    negated = np.where(odd[None, :, None], -raw, raw)
+    assert np.allclose(flip.inputs(x), (negated - mean) / std, atol=1e-6)
+    assert np.allclose(flip.inputs(flip.inputs(x)), x, atol=1e-6)
+    y = (np.array([10.0, -40.0]) - 3.0) / 20.0
+    assert np.allclose(flip.targets(y), (np.array([-10.0, 40.0]) - 3.0) / 20.0)
+    out_pos, out_neg = rng.normal(size=(6, 2)), rng.normal(size=(6, 2))
+    combined, swapped = flip.odd_output(out_pos, out_neg), flip.odd_output(out_neg, out_pos)
+    to_fnl = lambda out: 3.0 + 20.0 * out[:, 0]  # noqa: E731
+    assert np.allclose(to_fnl(swapped), -to_fnl(combined)) and np.allclose(swapped[:, 1], combined[:, 1])
+
+
+@pytest.mark.parametrize("model, data", [("hybrid", "scat"), ("baseline", "sims")])
+def test_sign_flip_estimator_is_odd_in_the_map(files, tmp_path, model, data):
+    """Trained with --sign-flip, the estimate of the negated maps is minus the estimate."""
+    import shutil
+
+    import h5py
+
+    from cmbscat.experiment.fnl_estimators import odd_channels
+
+    run = tmp_path / model
+    summary = train(run, TrainConfig(data=str(files["train"][data]), model=model, target="fnl", epochs=2,
+                                     batch_size=8, baseline_nside=8, baseline_lmax=15, sign_flip=True),
+                    device="cpu", progress=False)
+    assert np.isfinite(summary["val_rmse"])
+    negated = tmp_path / "negated.h5"
+    shutil.copy(files["test"][data], negated)
+    with h5py.File(negated, "r+") as f:
+        if model == "hybrid":
+            odd = odd_channels("hybrid", {"paths": f["paths"][()].tolist(),
+                                          "odd_pairs": f["odd_pairs"][()].tolist()}, f["coeffs"].shape[1])
+            assert odd.sum() == 1 + len(f["odd_pairs"])
+            coeffs = f["coeffs"][()]
+            coeffs[:, odd] *= -1
+            f["coeffs"][...] = coeffs
+        else:
+            f["alm"][...] = -f["alm"][()]
+    mean, sigma = predict_fnl(run, files["test"][data], device="cpu", progress=False)
+    mean_neg, sigma_neg = predict_fnl(run, negated, device="cpu", progress=False)
+    assert np.allclose(mean_neg, -mean, rtol=0, atol=1e-4 * np.abs(mean).max())
+    assert np.allclose(sigma_neg, sigma, rtol=1e-4)
+    m = evaluate(run, files["test"][data], progress=False)
+    assert m["target"] == "fnl" and 0 <= m["coverage68"] <= 1
+
+
+def test_sign_flip_is_refused_where_it_does_not_apply(files):
+    for model, target in (("hybrid", "label"), ("onepoint", "fnl")):
+        with pytest.raises(CmbscatError, match="--sign-flip applies to the networks' f_NL estimators"):
+            TrainConfig(data="x.h5", model=model, target=target, sign_flip=True).validate()

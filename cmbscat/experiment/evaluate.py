@@ -132,7 +132,14 @@ def _network(run_dir, config: dict, model_path: Path, data, device: str, batch_s
     model = build_model(saved["kind"], saved["in_channels"], saved["nside"], saved.get("n_outputs", 1))
     model.load_state_dict(saved["model"])
     model.to(device).eval()
-    return network_logits(model, x, device, batch_size, weight), saved
+    out = network_logits(model, x, device, batch_size, weight)
+    if saved.get("sign_flip_odd") is not None:  # trained with --sign-flip: the odd estimator
+        from cmbscat.experiment.fnl_estimators import SignFlip
+
+        flip = SignFlip(np.asarray(saved["sign_flip_odd"]), saved["mean"], saved["std"],
+                        saved["target_mean"], saved["target_std"])
+        out = flip.odd_output(out, network_logits(model, flip.inputs(x), device, batch_size, weight))
+    return out, saved
 
 
 def _classical_inputs(config: dict, model_path: Path, data, progress: bool) -> tuple[dict, np.ndarray]:

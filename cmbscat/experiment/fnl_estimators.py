@@ -81,6 +81,73 @@ def calibration_factor(true: np.ndarray, mean: np.ndarray, sigma: np.ndarray) ->
     return float(np.sqrt(np.mean(pull**2)))
 
 
+def odd_channels(kind: str, meta: dict, n_channels: int) -> np.ndarray:
+    """bool (n_channels,): the input channels of network ``kind`` that change sign with the
+    map (f -> -f). The low-resolution CNN's map, all; the hybrid's, S[empty path] (the
+    low-passed map, paths of scales all -1) and every odd channel C[j1, j2] (``odd_pairs``),
+    exactly (tests/test_odd_channels.py); the S[p] of longer paths are even."""
+    if kind == "baseline":
+        return np.ones(n_channels, bool)
+    paths = [np.atleast_1d(p) for p in meta["paths"]]
+    odd = [bool(np.all(p < 0)) for p in paths] + [True] * len(meta.get("odd_pairs", []))
+    if len(odd) != n_channels:
+        raise ValueError(f"{len(odd)} channel descriptions for {n_channels} channels")
+    return np.asarray(odd)
+
+
+class SignFlip:
+    """The symmetry (x, f_NL) -> (-x, -f_NL) on a network's standardised inputs and targets.
+
+    The map of the field -g at -f is exactly minus the map of g at f
+    (``benchmarks/fnl_anchor_bias.py``), so (x, f) and (-x, -f) are equally likely. Used
+    two ways (``cmbscat train --sign-flip``): as augmentation, each training example
+    negated with probability 1/2 (:meth:`inputs`, :meth:`targets`); and as the estimator,
+    odd in the map by construction (:meth:`odd_output`), so that its bias is odd in f_NL and
+    zero at f_NL = 0 whatever the network learned.
+
+    Parameters
+    ----------
+    odd : bool (C,), the channels that change sign with the map (:func:`odd_channels`).
+    mean, std : (1, C, 1) input standardisation (x_std = (x - mean) / std).
+    target_mean, target_std : the target standardisation (:class:`TargetScaling`).
+
+    In standardised units the raw negation x -> -x is x_std -> -x_std - 2 mean / std on the
+    odd channels, and y -> -y - 2 target_mean / target_std on the target.
+    """
+
+    def __init__(self, odd: np.ndarray, mean: np.ndarray, std: np.ndarray, target_mean: float,
+                 target_std: float):
+        odd = np.asarray(odd, bool).reshape(1, -1, 1)
+        self.scale = np.where(odd, -1.0, 1.0).astype(np.float32)
+        self.shift = np.where(odd, -2.0 * np.asarray(mean, np.float64) / np.asarray(std, np.float64),
+                              0.0).astype(np.float32)
+        self.target_shift = -2.0 * float(target_mean) / float(target_std)
+
+    def inputs(self, x):
+        """The standardised inputs of the negated maps (numpy or torch, (N, C, npix))."""
+        if isinstance(x, np.ndarray):
+            return x * self.scale + self.shift
+        import torch
+
+        return x * torch.as_tensor(self.scale, device=x.device) + torch.as_tensor(self.shift, device=x.device)
+
+    def targets(self, y):
+        """The standardised targets of the negated maps."""
+        return -y + self.target_shift
+
+    def odd_output(self, out_pos, out_neg):
+        """(N, 2) outputs (mean, log sigma; standardised) of the odd estimator from the outputs
+        on the maps and on the negated maps: the f_NL estimate [m(x) - m(-x)] / 2, the log
+        sigma the mean of the two (numpy or torch)."""
+        mean = 0.5 * (out_pos[:, 0] - out_neg[:, 0]) + 0.5 * self.target_shift
+        log_sigma = 0.5 * (out_pos[:, 1] + out_neg[:, 1])
+        if isinstance(out_pos, np.ndarray):
+            return np.stack([mean, log_sigma], axis=1)
+        import torch
+
+        return torch.stack([mean, log_sigma], dim=1)
+
+
 class CubicFisherEstimator:
     """f_NL from the cubic statistic S and its Fisher information F (the anchor).
 

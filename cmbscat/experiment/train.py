@@ -107,6 +107,9 @@ class TrainConfig:
     channels: str = "all"
     #: "label": classify Gaussian vs non-Gaussian; "fnl": estimate each map's f_NL with an error
     target: str = "label"
+    #: f_NL networks: train on maps negated with their f_NL (probability 1/2 per example) and
+    #: estimate with the odd combination [m(x) - m(-x)] / 2 (:class:`fnl_estimators.SignFlip`)
+    sign_flip: bool = False
 
     def resolved(self) -> "TrainConfig":
         """This configuration with model-dependent defaults filled in."""
@@ -148,6 +151,9 @@ class TrainConfig:
             raise CmbscatError(f"--channels {self.channels} applies to the hybrid only")
         if self.precise_bn and self.model not in NN_MODELS:
             raise CmbscatError(f"--precise-bn applies to the networks only, not to --model {self.model}")
+        if self.sign_flip and (self.target != "fnl" or self.model not in NN_MODELS):
+            raise CmbscatError("--sign-flip applies to the networks' f_NL estimators only "
+                               "(--model hybrid or baseline with --target fnl)")
         if self.augment and self.model != "hybrid":
             raise CmbscatError(f"--augment applies to the hybrid's scattering coefficients only, "
                                f"not to --model {self.model}")
@@ -546,10 +552,17 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
     mean, std = standardisation(config.model, x[train_idx])
     x = (x - mean) / std
     in_channels, nside = x.shape[1], meta["nside"]
+    flip = None  # the (x, f) -> (-x, -f) symmetry, with --sign-flip
     if regression:  # targets: f_NL standardised by the training split
         scaling = TargetScaling.fit(fnl[train_idx])
         targets = scaling.standardise(fnl).astype(np.float32)
         target_record = {"target": "fnl", "n_outputs": 2, **scaling.state()}
+        if config.sign_flip:
+            from cmbscat.experiment.fnl_estimators import SignFlip, odd_channels
+
+            odd = odd_channels(config.model, meta, in_channels)
+            flip = SignFlip(odd, mean, std, scaling.mean, scaling.std)
+            target_record["sign_flip_odd"] = odd.tolist()
 
         def batch_loss(out, yb, reduction):
             return gaussian_nll(out, yb, reduction)
@@ -611,7 +624,7 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
         train_coef = torch.from_numpy(augmenter.to_coefficients(maps).astype(np.float32)).to(device)
         coef_row = {int(i): k for k, i in enumerate(train_idx)}
 
-    def run_epoch(indices, train: bool, generator=None, rotations=None):
+    def run_epoch(indices, train: bool, generator=None, rotations=None, signs=None):
         model.train(train)
         order = indices[torch.randperm(len(indices), generator=generator).numpy()] if train else indices
         if not train:  # validation: each rank scores its share of the maps
@@ -635,10 +648,19 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
             else:
                 xb = x_t[local].to(device)
             yb = y_t[local].to(device)
+            if signs is not None:  # each example negated with its f_NL with probability 1/2
+                negate = torch.from_numpy(signs.random(len(batch)) < 0.5)[rows].to(device)
+                xb = torch.where(negate[:, None, None], flip.inputs(xb), xb)
+                yb = torch.where(negate, flip.targets(yb), yb)
             if train:
                 set_global_batch(model, len(batch), rows)
             with torch.set_grad_enabled(train):
-                out = net(xb, wb) if train else model(xb, wb)
+                if train:
+                    out = net(xb, wb)
+                elif flip is not None:  # the odd estimator, as evaluate uses it
+                    out = flip.odd_output(model(xb, wb), model(flip.inputs(xb), wb))
+                else:
+                    out = model(xb, wb)
                 if dist.active:  # DDP averages over ranks: scale so that this is the global mean
                     loss_sum = batch_loss(out, yb, "sum")
                     loss = loss_sum * (dist.world_size / len(batch))
@@ -666,7 +688,8 @@ def _train_network(run_dir: Path, config: TrainConfig, inputs, device: str, prog
         generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
         # the rotations of epoch e depend on (seed, e) only: a resumed run draws the same
         rotations = np.random.default_rng([config.seed, epoch, 7]) if augmenter else None
-        train_loss, train_score, _ = run_epoch(train_idx, True, generator, rotations)
+        signs = np.random.default_rng([config.seed, epoch, 11]) if flip is not None else None
+        train_loss, train_score, _ = run_epoch(train_idx, True, generator, rotations, signs)
         if config.precise_bn:  # the batch-norm statistics that validation and model.pt use
             with unsynced(model):  # every rank passes the whole split: the same statistics
                 recompute_batch_norm(model, (x_t[train_idx[lo:lo + config.batch_size]].to(device)
