@@ -106,6 +106,12 @@ def test_a_classical_model_is_held_to_its_training_observation(observed, tmp_pat
     compute_stats(plain_sims, plain_stats, progress=False)
     train(tmp_path / "run", TrainConfig(data=str(plain_stats), model="onepoint"), progress=False)
     assert evaluate(tmp_path / "run", plain_stats, tmp_path / "same", progress=False)  # same observation
+    # a model saved before an entry joined the record (pixel_window) reads it as its default
+    from cmbscat.experiment.datasets import observation_identity
+    from cmbscat.experiment.evaluate import observation_mismatch
+
+    older = {k: v for k, v in observation_identity(plain_stats).items() if k != "pixel_window"}
+    assert observation_mismatch(tmp_path / "run", {"observation": older}, plain_stats) == ""
     assert_one_line_error(run_cli("evaluate", tmp_path / "run", observed_stats, "--out", tmp_path / "e",
                                   "--no-progress"), "observed otherwise", "beam_fwhm_arcmin", "--force")
     metrics = evaluate(tmp_path / "run", observed_stats, tmp_path / "forced", progress=False, force=True)

@@ -86,9 +86,13 @@ def observation_mismatch(run_dir: str | Path, saved: dict, data: str | Path, for
     from cmbscat.experiment.datasets import observation_identity
     from cmbscat.sky.source import comparable_observations
 
+    from cmbscat.sky.source import observation_record
+
     trained = saved.get("observation")
     if trained is None:  # a model saved before the record existed: nothing to check against
         return ""
+    # entries added to the record since the model was saved take their defaults
+    trained = observation_record(trained)
     # a mask is known by its content, not by how each file named it (a SPEC or a FITS path)
     trained, test = comparable_observations(trained, observation_identity(data))
     if not differing_keys(trained, test):
