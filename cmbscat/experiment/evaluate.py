@@ -84,9 +84,7 @@ def observation_mismatch(run_dir: str | Path, saved: dict, data: str | Path, for
     observed ("" if nothing, or if the checkpoint ``saved`` predates the record); refused
     in one line unless ``force``."""
     from cmbscat.experiment.datasets import observation_identity
-    from cmbscat.sky.source import comparable_observations
-
-    from cmbscat.sky.source import observation_record
+    from cmbscat.sky.source import comparable_observations, observation_record
 
     trained = saved.get("observation")
     if trained is None:  # a model saved before the record existed: nothing to check against

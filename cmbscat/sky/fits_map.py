@@ -176,16 +176,17 @@ def open_fits_map(path: str | Path, observation: ObservationConfig | None = None
                 else regrade_mask(observed.astype(np.float64), user.nside) > 0)
         zero_filled = np.where(keep, user.values, 0.0)
         alm = hp.map2alm(zero_filled, lmax=lmax_n, mmax=lmax_n, iter=INPUT_MAP2ALM_ITER, use_weights=False)
-        if observation.beam_fwhm_arcmin > 0:
-            # a beamed map carries its own nside's pixel window; the training maps, N's
+        # a beamed map carries its own nside's pixel window; the training maps, N's
+        exchange_window = observation.beam_fwhm_arcmin > 0
+        if exchange_window:
             alm = hp.almxfl(alm, pixel_window(n_side, lmax_n) / pixel_window(user.nside, lmax_n))
         sky_map = synthesis(alm, n_side, lmax_n)
         if observed is not None:
             sky_map = np.where(observed, sky_map, 0.0)
         regrade = (f"nside {user.nside} brought to {n_side} in harmonic space (a_lm to l = {lmax_n} of "
                    "the map with its masked pixels at 0, " +
-                   ("its pixel window exchanged for the analysis nside's, " if observation.beam_fwhm_arcmin > 0
-                    else "") + "synthesised at the analysis nside)")
+                   ("its pixel window exchanged for the analysis nside's, " if exchange_window else "") +
+                   "synthesised at the analysis nside)")
         note(f"{path}: {regrade}")
     for line in notes:
         tell(line)

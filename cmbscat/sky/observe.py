@@ -40,6 +40,7 @@ from scipy.spatial import cKDTree
 
 from cmbscat.errors import CmbscatError
 from cmbscat.healpix import _ring_geometry
+from cmbscat.sky.pixel_window import pixel_window
 from cmbscat.sky.spectra import gaussian_alm
 
 NOISE_SPAWN_KEY = 0x0B5  # spawn key of the per-map noise stream (noise_rng); FNL_SPAWN_KEY is 0xF17
@@ -64,8 +65,6 @@ def beam_window(lmax: int, fwhm_arcmin: float, nside: int | None = None) -> np.n
     not in it is refused in one line), as :meth:`ObservationConfig.prepare` does for
     a beam.
     """
-    from cmbscat.sky.pixel_window import pixel_window
-
     if not (math.isfinite(fwhm_arcmin) and fwhm_arcmin >= 0):
         raise CmbscatError(f"--beam-fwhm must be a finite number >= 0 arcmin, got {fwhm_arcmin}")
     window = (hp.gauss_beam(fwhm_arcmin * ARCMIN, lmax=lmax) if fwhm_arcmin > 0
@@ -562,8 +561,9 @@ class ObservationConfig:
     def prepare(self, nside: int, lmax: int, hits: np.ndarray | None = None,
                 note: Note | None = None) -> "Observation":
         """What :meth:`Observation.observe` needs for maps at (nside, lmax): the beam window
-        (Gaussian beam times the pixel window of ``nside``) and the noise's per-pixel sigma (from ``hits`` when given, e.g. a file's stored
-        ``/hits``, else :meth:`hit_map`). Reads the hit map's FITS file, if any."""
+        (Gaussian beam times the pixel window of ``nside``) and the noise's per-pixel sigma
+        (from ``hits`` when given, e.g. a file's stored ``/hits``, else :meth:`hit_map`).
+        Reads the hit map's FITS file, if any."""
         beam = beam_window(lmax, self.beam_fwhm_arcmin, nside) if self.beam_fwhm_arcmin > 0 else None
         sigma = None
         if self.noise_uk_arcmin > 0 and self.hits:

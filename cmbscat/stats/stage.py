@@ -124,9 +124,8 @@ def compute_stats(in_path: str | Path, out_path: str | Path, lmax: int | None = 
         }
         if plan.statistics.observed is not None:
             attrs.update({
-                **{f"observation_{k}": v for k, v in plan.statistics.observed.settings.items()},
-                # the full identity (hashes of the FITS files and the mask weights included), for
-                # evaluate to hold a classical model's training observation against
+                # the observation identity (settings, hashes of the FITS files and of the mask
+                # weights), for evaluate to hold a classical model's training observation against
                 **{f"observation_{k}": v for k, v in source.observation.items()},
                 "powspec_meaning": "log10 of the (2l+1)-weighted mean pseudo-C_l (uK^2) of the apodized "
                                    "masked map w d in bins [edges[k], edges[k+1]); no mode-coupling correction",
