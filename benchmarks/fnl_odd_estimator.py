@@ -26,17 +26,8 @@ import numpy as np
 
 from cmbscat.experiment.datasets import read_fnl
 from cmbscat.experiment.evaluate import load_run, network_logits, resolve_device
-from cmbscat.experiment.fnl_estimators import TargetScaling
+from cmbscat.experiment.fnl_estimators import SignFlip, TargetScaling, odd_channels
 from cmbscat.experiment.train import model_inputs, model_weight
-
-
-def odd_channel_mask(kind: str, meta: dict, n_channels: int) -> np.ndarray:
-    """bool (n_channels,): the input channels that change sign with the map."""
-    if kind == "baseline":
-        return np.ones(n_channels, bool)
-    paths = meta["paths"]
-    return np.array([len(p) == 0 or all(j < 0 for j in np.atleast_1d(p)) for p in paths]
-                    + [True] * len(meta.get("odd_pairs", [])))
 
 
 def main():
@@ -56,20 +47,19 @@ def main():
     saved = torch.load(model_path, map_location="cpu", weights_only=False)
     x, _ = model_inputs(config["model"], args.test_file, saved["meta"], progress=False)
     weight = model_weight(config["model"], args.test_file, {**saved["meta"], "nside": saved["nside"]})
-    odd = odd_channel_mask(config["model"], saved["meta"], x.shape[1])
-    flipped = np.where(odd[None, :, None], -x, x)
+    odd = odd_channels(config["model"], saved["meta"], x.shape[1])
+    flip = SignFlip(odd, saved["mean"], saved["std"], saved["target_mean"], saved["target_std"])
+    x = ((x - saved["mean"]) / saved["std"]).astype(np.float32)
     model = build_model(saved["kind"], saved["in_channels"], saved["nside"], saved.get("n_outputs", 1))
     model.load_state_dict(saved["model"])
     model.to(device).eval()
     scaling = TargetScaling(saved["target_mean"], saved["target_std"])
-    estimates = []
-    for inputs in (x, flipped):
-        out = network_logits(model, ((inputs - saved["mean"]) / saved["std"]).astype(np.float32),
-                             device, 32, weight)
-        mean, sigma = scaling.to_fnl(out)
-        estimates.append((mean, sigma * saved["calibration"]))
-    (m_plus, s_plus), (m_minus, s_minus) = estimates
-    odd_mean, odd_sigma = (m_plus - m_minus) / 2.0, (s_plus + s_minus) / 2.0
+    out_plus = network_logits(model, x, device, 32, weight)
+    out_minus = network_logits(model, flip.inputs(x), device, 32, weight)
+    (m_plus, s_plus), (_, s_minus) = (scaling.to_fnl(out) for out in (out_plus, out_minus))
+    s_plus, s_minus = s_plus * saved["calibration"], s_minus * saved["calibration"]
+    odd_mean = scaling.to_fnl(flip.odd_output(out_plus, out_minus))[0]
+    odd_sigma = (s_plus + s_minus) / 2.0   # the mean of the two sigmas (as reported)
     true = read_fnl(args.test_file)
     anchor = np.load(args.anchor_predictions)[:, 0]
     print(f"{config['model']} run {args.run_dir}: odd channels {int(odd.sum())} of {odd.size}")
