@@ -24,7 +24,10 @@ simulator's own a_lm draw and transfer function, a_lm rounded to complex64 as th
 file stores them), and S is the statistics stage's :class:`CubicStatistic` at (nside,
 lmax). Printed per f: the mean of d with its standard error, sigma(f) (the spread of
 f_hat(f; g) over the fields: the estimator's sigma at that f, unpaired), bias / sigma with
-a 95 % interval, and the largest |bias| / sigma that interval allows.
+a 95 % interval, and the largest |bias| / sigma that interval allows. Last, sigma at
+f_NL = 0 (the spread of S(g) / F over the fields, one estimate per field) with its
+standard error and its ratio to 1/sqrt(F): the issue's "sigma equal to 1/sqrt(F) within
+10 %" on many more Gaussian maps than a pipeline's test set holds.
 """
 
 from __future__ import annotations
@@ -44,21 +47,37 @@ from cmbscat.stats.cubic import CubicStatistic
 
 def anchor_estimates(sim: SkySimulator, statistic: CubicStatistic, estimator: CubicFisherEstimator,
                      seed: int, fnls: list[float]) -> np.ndarray:
-    """f_hat(+f; g) and f_hat(-f; g) for each f in ``fnls``, float64 (len(fnls), 2), for the
-    Gaussian field g of ``seed`` (the field a sims file's map of that seed starts from)."""
+    """f_hat(+f; g) and f_hat(-f; g) for each f in ``fnls``, then f_hat(0; g) and
+    f_hat(0; -g) = -f_hat(0; g), float64 (len(fnls) + 1, 2), for the Gaussian field g of
+    ``seed`` (the field a sims file's map of that seed starts from)."""
     g_alm = gaussian_alm(sim.cl, np.random.default_rng(int(seed)))
     g_map = hp.alm2map(g_alm, sim.nside, lmax=sim.lmax)   # as SkySimulator.alm
     q_alm = sim.local_model(fnls[0]).quadratic_alm(g_map)  # q(g) = g^2 - <g^2>, every f's
-    out = np.empty((len(fnls), 2))
+    out = np.empty((len(fnls) + 1, 2))
     for k, fnl in enumerate(fnls):
         for s, sign in enumerate((1.0, -1.0)):
             alm = sim.local_model(sign * fnl)(g_alm, quadratic_alm=q_alm).astype(np.complex64)
             out[k, s] = estimator.predict(np.array([statistic(alm)]))[0][0]
+    # f_NL = 0: the Gaussian map itself (the transfer at 0 is the identity), stored as a sims file does
+    f_hat_0 = estimator.predict(np.array([statistic(g_alm.astype(np.complex64))]))[0][0]
+    out[-1] = f_hat_0, -f_hat_0
     return out
 
 
+def sigma_at_zero(f_hat_0: np.ndarray, sigma_optimal: float) -> str:
+    """One line: the spread of f_hat(0; g) (float64 (n,), one per field) with its standard
+    error (Gaussian estimator: sigma / sqrt(2 (n - 1))) and its ratio to 1/sqrt(F)."""
+    n = f_hat_0.size
+    sigma = f_hat_0.std(ddof=1)
+    se = sigma / np.sqrt(2.0 * (n - 1))
+    return (f"sigma at f_NL = 0 over {n} Gaussian maps: {sigma:.3f} +- {se:.3f}, "
+            f"ratio to 1/sqrt(F) {sigma / sigma_optimal:.3f} +- {se / sigma_optimal:.3f}; "
+            f"mean {f_hat_0.mean():+.3f} +- {sigma / np.sqrt(n):.3f}")
+
+
 def summarise(fnls: list[float], estimates: np.ndarray, sigma_optimal: float) -> list[str]:
-    """One line per f from (n_fields, len(fnls), 2) estimates (see the module doc)."""
+    """One line per f from (n_fields, len(fnls) [+ 1], 2) estimates (see the module doc),
+    then sigma at f_NL = 0 where the estimates hold its row (saved since it was added)."""
     n = estimates.shape[0]
     lines = [f"{n} Gaussian fields; optimal sigma 1/sqrt(F) = {sigma_optimal:.3f} (f_NL units)",
              "f_NL | bias (antithetic) | sd of d | sigma(f) unpaired | bias / sigma [95 % interval] | "
@@ -70,7 +89,23 @@ def summarise(fnls: list[float], estimates: np.ndarray, sigma_optimal: float) ->
         lo, hi = (bias - 1.96 * se) / sigma, (bias + 1.96 * se) / sigma
         lines.append(f"{fnl:+6.1f} | {bias:+.3f} +- {se:.3f} | {d.std(ddof=1):.3f} | {sigma:.3f} | "
                      f"{bias / sigma:+.3f} [{lo:+.3f}, {hi:+.3f}] | {max(abs(lo), abs(hi)):.3f}")
+    if estimates.shape[1] > len(fnls):
+        lines.append(sigma_at_zero(estimates[:, len(fnls), 0], sigma_optimal))
     return lines
+
+
+def load_estimates(path: str, fnls: list[float]) -> np.ndarray:
+    """Saved estimates (``--save``) at ``fnls``, then f_NL = 0 where saved: float64
+    (n, len(fnls) [+ 1], 2). A bare ``.npy`` (saved before the f_NL = 0 row was added)
+    holds the rows of its run's ``--fnl`` in order and no f_NL = 0 row."""
+    if path.endswith(".npy"):
+        return np.load(path)[:, :len(fnls)]
+    with np.load(path) as saved:
+        values, estimates = [float(v) for v in saved["fnl"]], saved["estimates"]
+    missing = [f for f in fnls if f not in values]
+    if missing:
+        raise SystemExit(f"{path} holds no estimates at f_NL {missing} (it has {values})")
+    return estimates[:, [values.index(f) for f in fnls + [0.0]]]
 
 
 def main():
@@ -82,15 +117,18 @@ def main():
     parser.add_argument("--lmax", type=int, default=1023)
     parser.add_argument("--seed", type=int, default=1000,
                         help="run seed of the fields (map_seeds); 1000 is used by no pipeline")
-    parser.add_argument("--save", default=None, metavar="NPY", help="also save the (n, len(fnl), 2) estimates")
-    parser.add_argument("--load", nargs="+", default=None, metavar="NPY",
+    parser.add_argument("--save", default=None, metavar="NPY", help="also save the estimates: NPZ with 'estimates' (n, len(fnl) + 1, 2) and "
+                             "'fnl' (the f_NL of each row; the last, 0)")
+    parser.add_argument("--load", nargs="+", default=None, metavar="NPZ",
                         help="summarise saved estimates (runs with the same --fnl, other seeds) "
                              "instead of computing")
     args = parser.parse_args()
     if any(f <= 0 for f in args.fnl):
         parser.error("--fnl values must be positive")
     if args.load:
-        estimates = np.concatenate([np.load(path)[:, :len(args.fnl)] for path in args.load])
+        runs = [load_estimates(path, args.fnl) for path in args.load]
+        rows = min(run.shape[1] for run in runs)  # f_NL = 0 pooled only where every run has it
+        estimates = np.concatenate([run[:, :rows] for run in runs])
         print(f"{len(args.load)} saved run(s) pooled")
         print("\n".join(summarise(args.fnl, estimates, CubicFisherEstimator(args.lmax).sigma)))
         return
@@ -104,7 +142,7 @@ def main():
                           for s in tqdm(seeds, desc="fields", unit="field")])
     seconds = time.perf_counter() - t0
     if args.save:
-        np.save(args.save, estimates)
+        np.savez(args.save, fnl=np.array(args.fnl + [0.0]), estimates=estimates)
     print(f"nside {args.nside}, lmax {args.lmax}, seed {args.seed}; {seconds / args.n:.2f} s per field")
     print("\n".join(summarise(args.fnl, estimates, estimator.sigma)))
 
