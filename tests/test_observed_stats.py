@@ -116,6 +116,14 @@ def test_a_classical_model_is_held_to_its_training_observation(observed, tmp_pat
                                   "--no-progress"), "observed otherwise", "beam_fwhm_arcmin", "--force")
     metrics = evaluate(tmp_path / "run", observed_stats, tmp_path / "forced", progress=False, force=True)
     assert "beam_fwhm_arcmin" in metrics["observation_differs"]
+    # the library's predict holds a classical model to it too, and force gives the same scores
+    from cmbscat.experiment.evaluate import predict
+
+    with pytest.raises(CmbscatError, match="observed otherwise"):
+        predict(tmp_path / "run", observed_stats, progress=False)
+    forced_scores = np.load(tmp_path / "forced" / "scores.npy")
+    np.testing.assert_array_equal(predict(tmp_path / "run", observed_stats, progress=False, force=True),
+                                  forced_scores)
     # and a model trained on the observed statistics takes observed maps as they are
     train(tmp_path / "observed_run", TrainConfig(data=str(observed_stats), model="onepoint"), progress=False)
     assert "observation_differs" not in evaluate(tmp_path / "observed_run", observed_stats, tmp_path / "o",

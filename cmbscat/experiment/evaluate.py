@@ -103,31 +103,23 @@ def observation_mismatch(run_dir: str | Path, saved: dict, data: str | Path, for
     return what
 
 
-def check_observation(run_dir: str | Path, data: str | Path, force: bool = False) -> str:
-    """:func:`observation_mismatch` of the run's model (network checkpoint or classical
-    ``model.pkl``) on ``data``."""
-    config, model_path = load_run(run_dir)
+def load_saved(config: dict, model_path: Path) -> dict:
+    """What ``cmbscat train`` saved for a run (``load_run``'s ``config`` and ``model_path``):
+    the network checkpoint (``model.pt``, on the CPU) or the classical ``model.pkl``."""
     if config["model"] in CLASSICAL_MODELS:
         with open(model_path, "rb") as f:
-            saved = pickle.load(f)
-    else:
-        import torch
-
-        saved = torch.load(model_path, map_location="cpu", weights_only=False)
-    return observation_mismatch(run_dir, saved, data, force)
-
-
-def _network(run_dir, config: dict, model_path: Path, data, device: str, batch_size: int,
-             progress: bool, force: bool):
-    """(outputs, checkpoint) of a run's network on ``data``, after :func:`observation_mismatch`:
-    the inputs standardised as in training, with the file's pooling weight when it has one."""
+            return pickle.load(f)
     import torch
 
+    return torch.load(model_path, map_location="cpu", weights_only=False)
+
+
+def _network_outputs(config: dict, saved: dict, data, device: str, batch_size: int, progress: bool) -> np.ndarray:
+    """Outputs of a run's network (checkpoint ``saved``) on ``data``: the inputs
+    standardised as in training, with the file's pooling weight when it has one."""
     from cmbscat.nn.models import build_model
 
     device = resolve_device(device)
-    saved = torch.load(model_path, map_location="cpu", weights_only=False)
-    observation_mismatch(run_dir, saved, data, force)  # before the inputs are read
     x, _ = model_inputs(config["model"], str(data), saved["meta"], progress)
     x = (x - saved["mean"]) / saved["std"]
     weight = model_weight(config["model"], str(data), {**saved["meta"], "nside": saved["nside"]})
@@ -141,49 +133,55 @@ def _network(run_dir, config: dict, model_path: Path, data, device: str, batch_s
         flip = SignFlip(np.asarray(saved["sign_flip_odd"]), saved["mean"], saved["std"],
                         saved["target_mean"], saved["target_std"])
         out = flip.odd_output(out, network_logits(model, flip.inputs(x), device, batch_size, weight))
-    return out, saved
+    return out
 
 
-def _classical_inputs(config: dict, model_path: Path, data, progress: bool) -> tuple[dict, np.ndarray]:
-    """A classical run's saved model (``model.pkl``) and its features of ``data``."""
-    with open(model_path, "rb") as f:
-        saved = pickle.load(f)
-    x, _ = model_inputs(config["model"], str(data), saved.get("meta"), progress=progress)
-    return saved, x
+def _fnl_estimates(config: dict, saved: dict, data, device: str, batch_size: int,
+                   progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, sigma) of f_NL of every map of ``data`` from an f_NL run's ``saved`` model."""
+    if config["model"] in CLASSICAL_MODELS:
+        x, _ = model_inputs(config["model"], str(data), saved.get("meta"), progress=progress)
+        return saved["estimator"].predict(x)
+    from cmbscat.experiment.fnl_estimators import TargetScaling
+
+    output = _network_outputs(config, saved, data, device, batch_size, progress)
+    mean, sigma = TargetScaling(saved["target_mean"], saved["target_std"]).to_fnl(output)
+    return mean, sigma * saved["calibration"]
+
+
+def _logits(config: dict, saved: dict, data, device: str, batch_size: int, progress: bool) -> np.ndarray:
+    """Logits of every map of ``data`` from a classifier run's ``saved`` model."""
+    if config["model"] in CLASSICAL_MODELS:
+        x, _ = model_inputs(config["model"], str(data), saved.get("meta"), progress=progress)
+        return np.asarray(saved["classifier"].decision_function(x), dtype=np.float64)
+    return _network_outputs(config, saved, data, device, batch_size, progress)
 
 
 def predict_fnl(run_dir: str | Path, data: str | Path, device: str = "auto", batch_size: int = 32,
                 progress: bool = True, force: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(mean, sigma) of f_NL (float64 (N,) each) of every map of ``data`` from a run
     trained with ``--target fnl``; sigma includes the run's validation calibration.
-    ``force``: a network is used even on a file observed otherwise than its training data
-    (:func:`observation_mismatch`)."""
+    A run trained on data observed otherwise than ``data`` is refused in one line unless
+    ``force`` (:func:`observation_mismatch`)."""
     config, model_path = load_run(run_dir)
     if config.get("target", "label") != "fnl":
         raise CmbscatError(f"{run_dir} is a classifier (trained with --target label), not an f_NL estimator")
-    if config["model"] in CLASSICAL_MODELS:
-        saved, x = _classical_inputs(config, model_path, data, progress)
-        return saved["estimator"].predict(x)
-
-    from cmbscat.experiment.fnl_estimators import TargetScaling
-
-    output, saved = _network(run_dir, config, model_path, data, device, batch_size, progress, force)
-    mean, sigma = TargetScaling(saved["target_mean"], saved["target_std"]).to_fnl(output)
-    return mean, sigma * saved["calibration"]
+    saved = load_saved(config, model_path)
+    observation_mismatch(run_dir, saved, data, force)  # before the inputs are read
+    return _fnl_estimates(config, saved, data, device, batch_size, progress)
 
 
 def predict(run_dir: str | Path, data: str | Path, device: str = "auto", batch_size: int = 32,
             progress: bool = True, force: bool = False) -> np.ndarray:
     """Logit (log-odds of the non-Gaussian class) of each map of ``data``, float64 (N,).
-    ``force``: a network is used even on a file observed otherwise than its training data
-    (:func:`observation_mismatch`)."""
+    A run trained on data observed otherwise than ``data`` is refused in one line unless
+    ``force`` (:func:`observation_mismatch`)."""
     config, model_path = load_run(run_dir)
     if config.get("target", "label") != "label":
         raise CmbscatError(f"{run_dir} estimates f_NL (--target {config['target']}); it gives no logits")
-    if config["model"] in CLASSICAL_MODELS:
-        saved, x = _classical_inputs(config, model_path, data, progress)
-        return np.asarray(saved["classifier"].decision_function(x), dtype=np.float64)
-    return _network(run_dir, config, model_path, data, device, batch_size, progress, force)[0]
+    saved = load_saved(config, model_path)
+    observation_mismatch(run_dir, saved, data, force)  # before the inputs are read
+    return _logits(config, saved, data, device, batch_size, progress)
 
 
 def plot_roc(path: Path, labels: np.ndarray, logits: np.ndarray, title: str) -> None:
@@ -217,19 +215,20 @@ def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path | None =
     t0 = time.time()
     if not Path(data).exists():
         raise CmbscatError(f"no such file: {data}")
-    config, _ = load_run(run_dir)
+    config, model_path = load_run(run_dir)
     require_kind(data, MODEL_INPUTS[config["model"]], f"evaluating --model {config['model']}")
-    mismatch = check_observation(run_dir, data, force)
+    saved = load_saved(config, model_path)
+    mismatch = observation_mismatch(run_dir, saved, data, force)
     forced = {"observation_differs": mismatch} if mismatch else {}
     if config.get("target", "label") == "fnl":
-        return evaluate_fnl(run_dir, data, config, out_dir, device, progress, t0, forced)
+        return evaluate_fnl(run_dir, data, config, out_dir, device, progress, t0, forced, saved)
     labels = read_labels(data)
     if np.any(labels < 0):
         raise CmbscatError(f"{data} has maps without labels (-1) among labelled ones; evaluation needs "
                            "labelled test maps (a file of unlabelled maps only, e.g. a FITS map's, is "
                            "scored map by map: cmbscat evaluate RUN FILE, score_maps)")
     record = evaluation_record(run_dir, data)
-    logits = predict(run_dir, data, device, progress=progress, force=True)  # checked above
+    logits = _logits(config, saved, data, device, 32, progress)
     metrics = classification_metrics(labels, logits)
     metrics.update({"model": config["model"], "seed": config.get("seed"), "test_file": str(data),
                     **record, **forced, "wall_seconds": time.time() - t0})
@@ -248,24 +247,27 @@ def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path | None =
 
 
 def evaluate_fnl(run_dir, data, config: dict, out_dir=None, device: str = "auto", progress: bool = True,
-                 t0: float | None = None, forced: dict | None = None) -> dict:
+                 t0: float | None = None, forced: dict | None = None, saved: dict | None = None) -> dict:
     """The f_NL estimator's metrics (:func:`regression_metrics`) on ``data``: ``metrics.json``,
     ``predictions.npy`` (float64 (N, 2): mean, sigma) and ``fnl.png``. ``forced``: what
     :func:`evaluate` found different in the observation and was told to accept (added to the
-    metrics); None: checked here, refused on any difference."""
+    metrics); None: checked here, refused on any difference. ``saved``: the run's model as
+    :func:`load_saved` reads it (None: read here)."""
     from cmbscat.experiment.datasets import read_fnl
     from cmbscat.experiment.fnl_metrics import plot_predicted_vs_true, regression_metrics
 
     t0 = time.time() if t0 is None else t0
+    if saved is None:
+        saved = load_saved(config, load_run(run_dir)[1])
     if forced is None:
-        check_observation(run_dir, data)  # refuses any difference
+        observation_mismatch(run_dir, saved, data)  # refuses any difference
         forced = {}
     true = read_fnl(data)
     if not np.all(np.isfinite(true)):
         raise CmbscatError(f"{data} has maps without a known f_NL (e.g. a FITS map); "
                            "evaluating an f_NL estimator needs test maps with /fnl")
     record = evaluation_record(run_dir, data)
-    mean, sigma = predict_fnl(run_dir, data, device, progress=progress, force=True)  # checked by evaluate
+    mean, sigma = _fnl_estimates(config, saved, data, device, 32, progress)
     metrics = regression_metrics(true, mean, sigma)
     metrics.update({"target": "fnl", "model": config["model"], "seed": config.get("seed"),
                     "test_file": str(data), **record, **forced,
@@ -359,14 +361,15 @@ def score_maps(run_dir: str | Path, data: str | Path, reference: str | Path | No
     kinds = MODEL_INPUTS[config["model"]]
     require_kind(data, kinds, f"scoring with --model {config['model']}")
     _unlabelled(data)
-    mismatch = check_observation(run_dir, data, force)
+    saved = load_saved(config, model_path)
+    mismatch = observation_mismatch(run_dir, saved, data, force)
     record = {"run": str(run_dir), "model": config["model"], "seed": config.get("seed"),
               "data": str(data), "data_sha256": content_hash(data), "model_sha256": file_sha256(model_path),
               **({"observation_differs": mismatch} if mismatch else {})}
     if config.get("target", "label") == "fnl":
         if reference is not None:
             raise CmbscatError("--reference is for classifiers; an f_NL estimator's maps need none")
-        mean, sigma = predict_fnl(run_dir, data, device, progress=progress, force=True)  # checked above
+        mean, sigma = _fnl_estimates(config, saved, data, device, 32, progress)
         out = {**record, "target": "fnl",
                "maps": [{"index": i, "fnl": float(m), "sigma_fnl": float(e)}
                         for i, (m, e) in enumerate(zip(mean, sigma))],
@@ -382,9 +385,9 @@ def score_maps(run_dir: str | Path, data: str | Path, reference: str | Path | No
         if np.any(ref_labels < 0) or n_gauss == 0:
             raise CmbscatError(f"--reference {reference} needs labelled maps with Gaussian ones (label 0); "
                                f"it has {n_gauss} Gaussian of {ref_labels.size}")
-        ref_mismatch = check_observation(run_dir, reference, force)
-        logits = predict(run_dir, data, device, progress=progress, force=True)  # checked above
-        ref_logits = predict(run_dir, reference, device, progress=progress, force=True)
+        ref_mismatch = observation_mismatch(run_dir, saved, reference, force)
+        logits = _logits(config, saved, data, device, 32, progress)
+        ref_logits = _logits(config, saved, reference, device, 32, progress)
         p_value, above = false_alarm_probability(logits, ref_logits[ref_labels == 0])
         out = {**record, "target": "label", "reference": str(reference),
                "reference_sha256": content_hash(reference), "n_reference_gaussian": n_gauss,
