@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cmbscat.experiment.fnl_estimators import (CubicFisherEstimator, FeatureRegressor, TargetScaling,
-                                               calibration_factor, gaussian_nll)
+                                               calibration_factor, ensemble_estimate, gaussian_nll)
 from cmbscat.experiment.fnl_metrics import Z_INTERVAL, coverage, fnl_bins, regression_metrics
 from cmbscat.sky.nongaussian import T_CMB_UK
 from cmbscat.sky.simulate import SkySimulator
@@ -34,6 +34,41 @@ def test_coverage_of_a_predictor_with_known_errors():
     assert coverage(true, mean, sigma, "95") == pytest.approx(0.95, abs=0.005)
     assert coverage(true, mean, sigma / 2, "68") == pytest.approx(0.381, abs=0.01)
     assert coverage(true, mean, sigma / 2, "95") == pytest.approx(0.673, abs=0.01)
+
+
+def test_ensemble_of_seeds_with_shared_and_own_errors():
+    """Seeds estimate f + e + d_i (e shared, sd 3; d_i each seed's own, sd 2) with calibrated
+    sigma_i = sqrt(13): the ensemble's sigma is the average's error, sqrt(9 + 4 / 3), and
+    its intervals cover 68.27 % / 95 %; the deep-ensemble mixture variance would not."""
+    rng = np.random.default_rng(4)
+    n_seeds, n_maps = 3, 40000
+    true = np.repeat(np.linspace(-60, 60, 5), n_maps // 5)
+    means = true + 3.0 * rng.standard_normal(n_maps) + 2.0 * rng.standard_normal((n_seeds, n_maps))
+    sigmas = np.full((n_seeds, n_maps), np.sqrt(13.0))
+    mean, sigma = ensemble_estimate(means, sigmas)
+    np.testing.assert_allclose(mean, means.mean(axis=0))
+    assert np.std(mean - true) == pytest.approx(np.sqrt(9 + 4 / 3), rel=0.01)
+    assert np.sqrt(np.mean(sigma ** 2)) == pytest.approx(np.sqrt(9 + 4 / 3), rel=0.02)
+    assert coverage(true, mean, sigma, "68") == pytest.approx(0.6827, abs=0.01)
+    assert coverage(true, mean, sigma, "95") == pytest.approx(0.95, abs=0.01)
+    mixture = np.sqrt(13.0 + means.var(axis=0, ddof=1))
+    assert coverage(true, mean, mixture, "68") > 0.78  # over-covers: why it is not used
+
+
+def test_ensemble_estimate_edge_cases():
+    rng = np.random.default_rng(5)
+    means, sigmas = rng.normal(size=(1, 7)), rng.uniform(1, 2, (1, 7))
+    mean, sigma = ensemble_estimate(means, sigmas)  # one seed: its own estimate
+    np.testing.assert_array_equal(mean, means[0])
+    np.testing.assert_array_equal(sigma, sigmas[0])
+    # seeds that agree exactly share all their error: sigma stays the seeds' own
+    agree = np.repeat(means, 4, axis=0)
+    np.testing.assert_allclose(ensemble_estimate(agree, np.ones((4, 7)))[1], 1.0)
+    # seeds far apart: the floor, sigma_i / sqrt(S) for equal sigma_i
+    apart = np.array([[-100.0], [0.0], [100.0], [0.0]])
+    assert ensemble_estimate(apart, np.ones((4, 1)))[1][0] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="shape"):
+        ensemble_estimate(np.ones((2, 3)), np.ones((3, 2)))
 
 
 def test_regression_metrics_bins_bias_and_scatter():

@@ -171,6 +171,35 @@ def test_paired_bias_cancels_the_maps_own_fluctuation():
         assert abs(r["sigma_fnl"] - np.sqrt(10.0)) < 0.3
 
 
+def test_ensembles_join_the_table_after_their_method():
+    """A method with several seeds gets an ensemble row (one estimate per map, its own
+    metrics), named as such, right after it; a one-seed method gets none."""
+    from cmbscat.experiment.fnl_report import FnlResult, fnl_table, with_ensembles
+    from cmbscat.experiment.fnl_metrics import regression_metrics
+
+    rng = np.random.default_rng(6)
+    true = np.repeat([-40.0, 0.0, 40.0], 200)
+    anchor = true + 3.0 * rng.standard_normal(true.size)
+    seeds = anchor + 2.0 * rng.standard_normal((3, true.size))
+    sigma = np.full(true.size, np.sqrt(13.0))
+
+    def result(model, means):
+        return FnlResult(model, list(range(len(means))), [regression_metrics(true, m, sigma) for m in means],
+                         np.stack([np.stack([m, sigma], axis=1) for m in means]), true)
+
+    by_model = with_ensembles({"cubic_fisher": result("cubic_fisher", [anchor]), "hybrid": result("hybrid", seeds)})
+    assert list(by_model) == ["cubic_fisher", "hybrid", "hybrid ensemble"]
+    ensemble = by_model["hybrid ensemble"]
+    assert ensemble.ensemble_of == 3 and ensemble.predictions.shape == (1, true.size, 2)
+    np.testing.assert_allclose(ensemble.predictions[0, :, 0], seeds.mean(axis=0))
+    cfg = {"simulate": {"lmax": 63, "nside": 32, "n_train": 10, "n_test": true.size,
+                        "fnl_dist_train": "uniform:-80,80", "fnl_dist_test": "grid:-40,0,40"}}
+    text = fnl_table(cfg, by_model, {"train hybrid seed 0": 10.0, "train hybrid seed 1": 12.0})
+    row = next(line for line in text.splitlines() if "(hybrid), ensemble of 3 seeds |" in line)
+    assert row.rstrip().endswith("| 22 s |")  # the seeds' wall times
+    assert sum("ensemble of 3 seeds" in line for line in text.splitlines()) == 3  # main, per-bin, paired
+
+
 def test_sign_flip_algebra():
     """SignFlip's input and target maps are involutions, and its odd output is odd."""
     from cmbscat.experiment.fnl_estimators import SignFlip

@@ -81,6 +81,37 @@ def calibration_factor(true: np.ndarray, mean: np.ndarray, sigma: np.ndarray) ->
     return float(np.sqrt(np.mean(pull**2)))
 
 
+def ensemble_estimate(means: np.ndarray, sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One estimate per map from S independently trained estimators (seeds): float64
+    ``means`` and ``sigmas`` of shape (S, N) (f_NL units, each seed's sigma calibrated)
+    to (mean, sigma), each (N,).
+
+    The mean is the seeds' average. For its error, write seed i's estimate of a map as
+    mu_i = f + e + d_i: e the part every seed shares (the map's own realisation, what the
+    optimal estimator cannot remove either), d_i the seed's own (initialisation,
+    validation split, shuffling), independent between seeds with variance v. Each seed's
+    calibrated sigma_i^2 estimates var(e) + v; the average's error variance is
+    var(e) + v / S; the seeds' sample variance s^2 (ddof 1) estimates v. So
+
+        sigma^2 = mean_i sigma_i^2 - (1 - 1/S) s^2,
+
+    floored at mean_i sigma_i^2 / S (the variance of an average of S independent
+    estimates: less shared error than none is not possible). Unlike the mixture variance
+    of deep ensembles (mean sigma_i^2 + s^2), this does not widen the interval of an
+    average whose seed noise has partly cancelled. S = 1 returns the one seed's estimate.
+    """
+    means, sigmas = np.asarray(means, np.float64), np.asarray(sigmas, np.float64)
+    if means.ndim != 2 or means.shape != sigmas.shape:
+        raise ValueError(f"means and sigmas must be (S, N) of one shape, got {means.shape} and {sigmas.shape}")
+    n_seeds = means.shape[0]
+    if n_seeds == 1:
+        return means[0].copy(), sigmas[0].copy()
+    mean_variance = np.mean(sigmas ** 2, axis=0)
+    seed_variance = np.var(means, axis=0, ddof=1)
+    variance = np.maximum(mean_variance - (1.0 - 1.0 / n_seeds) * seed_variance, mean_variance / n_seeds)
+    return means.mean(axis=0), np.sqrt(variance)
+
+
 def odd_channels(kind: str, meta: dict, n_channels: int) -> np.ndarray:
     """bool (n_channels,): the input channels of network ``kind`` that change sign with the
     map (f -> -f). The low-resolution CNN's map, all; the hybrid's, S[empty path] (the

@@ -39,6 +39,13 @@ class FnlResult:
     metrics: list[dict]
     predictions: np.ndarray  # (n_seeds, n_test, 2) float64
     true: np.ndarray          # (n_test,) float64
+    ensemble_of: int = 0      # > 0: one estimate combining this many seeds (:func:`ensemble_result`)
+
+    @property
+    def name(self) -> str:
+        """The method's name in tables."""
+        name = METHOD_NAMES.get(self.model, self.model)
+        return f"{name}, ensemble of {self.ensemble_of} seeds" if self.ensemble_of else name
 
     def seed_values(self, key: str) -> np.ndarray:
         """``metrics[key]`` per seed, with ``at_zero.`` keys read from the f_NL = 0 bin."""
@@ -55,6 +62,28 @@ def load_fnl_result(model: str, seeds: list[int], folders: list[Path], test_file
     metrics = [json.loads((folder / "metrics.json").read_text()) for folder in folders]
     predictions = np.asarray([np.load(folder / "predictions.npy") for folder in folders])
     return FnlResult(model, seeds, metrics, predictions, read_fnl(test_file))
+
+
+def ensemble_result(result: FnlResult) -> FnlResult:
+    """The seeds of ``result`` combined into one estimator
+    (:func:`cmbscat.experiment.fnl_estimators.ensemble_estimate`), with its metrics."""
+    from cmbscat.experiment.fnl_estimators import ensemble_estimate
+    from cmbscat.experiment.fnl_metrics import regression_metrics
+
+    mean, sigma = ensemble_estimate(result.predictions[:, :, 0], result.predictions[:, :, 1])
+    return FnlResult(result.model, list(result.seeds), [regression_metrics(result.true, mean, sigma)],
+                     np.stack([mean, sigma], axis=1)[None], result.true, ensemble_of=len(result.seeds))
+
+
+def with_ensembles(by_model: dict[str, FnlResult]) -> dict[str, FnlResult]:
+    """``by_model`` with, after each method trained with several seeds, their ensemble
+    (key ``"<model> ensemble"``)."""
+    out = {}
+    for key, result in by_model.items():
+        out[key] = result
+        if len(result.seeds) > 1 and not result.ensemble_of:
+            out[f"{key} ensemble"] = ensemble_result(result)
+    return out
 
 
 def _cell(values: np.ndarray, fmt: str, scale: float = 1.0) -> str:
@@ -87,13 +116,13 @@ def fnl_table(cfg: dict, by_model: dict[str, FnlResult], timings: dict) -> str:
               "largest abs(bias) / sigma over f_NL bins | bias zero? chi^2 / bins (p) | 68 % coverage | "
               "95 % coverage | rms error | train + evaluate wall time |",
               "|---|---|---|---|---|---|---|---|---|---|"]
-    for model, result in by_model.items():
+    for result in by_model.values():
         sigma0 = result.seed_values("at_zero.sigma_fnl")
         ratio = _cell(sigma0 / ref_sigma, ".2f") if ref_sigma else "—"
         wall = sum(t for name, t in timings.items()
-                   if name.startswith((f"train {model} seed", f"evaluate {model} seed")))
+                   if name.startswith((f"train {result.model} seed", f"evaluate {result.model} seed")))
         lines.append(
-            f"| {METHOD_NAMES.get(model, model)} | {_cell(sigma0, '.2f')} | {ratio} | "
+            f"| {result.name} | {_cell(sigma0, '.2f')} | {ratio} | "
             f"{_cell(result.seed_values('at_zero.bias'), '+.2f')} "
             f"± {np.nanmean(result.seed_values('at_zero.bias_error')):.2f} | "
             f"{_cell(result.seed_values('max_abs_bias_over_sigma'), '.2f')} | "
@@ -106,16 +135,19 @@ def fnl_table(cfg: dict, by_model: dict[str, FnlResult], timings: dict) -> str:
               "chi^2: of the bins' biases in units of their standard errors (first seed), with its "
               "p-value, so a bias the test set can see is told from its noise; coverage: fraction of "
               "test maps whose true f_NL lies inside the predicted 68.27 % (± 1 sigma) or 95 % "
-              "(± 1.96 sigma) interval, over all test maps.", ""]
+              "(± 1.96 sigma) interval, over all test maps. An ensemble: one estimate per map "
+              "from the seeds' estimates, their mean with sigma^2 = mean sigma_i^2 - (1 - 1/S) "
+              "(variance of the seeds' estimates), the seeds' own noise averaged down "
+              "(cmbscat.experiment.fnl_estimators.ensemble_estimate).", ""]
     if by_model:
         lines += ["Bias and sigma(f_NL) per true f_NL (first seed):", "",
                   "| method | " + " | ".join(f"{b['fnl_mean']:g}" for b in
                                             next(iter(by_model.values())).metrics[0]["bins"]) + " |",
                   "|---|" + "---|" * len(next(iter(by_model.values())).metrics[0]["bins"])]
-        for model, result in by_model.items():
+        for result in by_model.values():
             cells = [f"{b['bias']:+.2f} ± {b['bias_error']:.2f} / {b['sigma_fnl']:.2f}"
                      for b in result.metrics[0]["bins"]]
-            lines.append(f"| {METHOD_NAMES.get(model, model)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {result.name} | " + " | ".join(cells) + " |")
         lines += ["", "Cells: bias ± its standard error / sigma(f_NL) of the estimates at that true f_NL.", ""]
     if reference is not None and len(by_model) > 1:
         lines += paired_bias_table(by_model)
@@ -159,7 +191,7 @@ def paired_bias_table(by_model: dict[str, FnlResult]) -> list[str]:
             continue
         rows = paired_bias(result, reference)
         worst = max(abs(r["bias"]) / r["sigma_fnl"] for r in rows)
-        lines.append(f"| {METHOD_NAMES.get(model, model)} | " + " | ".join(
+        lines.append(f"| {result.name} | " + " | ".join(
             f"{r['bias']:+.2f} ± {r['bias_error']:.2f}" for r in rows) + f" | {worst:.2f} |")
     return lines + [""]
 
@@ -191,7 +223,8 @@ def plot_fnl_methods(path: Path, by_model: dict[str, FnlResult], max_points: int
         ax.errorbar(true[keep] + jitter, mean[keep], yerr=sigma[keep], fmt=".", ms=2, lw=0.5, alpha=0.5)
         lo, hi = float(true.min()), float(true.max())
         ax.plot([lo, hi], [lo, hi], "k-", lw=1)
-        ax.set_title(METHOD_NAMES.get(model, model).split(" (")[0].split(",")[0], fontsize=8)
+        title = METHOD_NAMES.get(result.model, result.model).split(" (")[0].split(",")[0]
+        ax.set_title(f"{title}, ensemble" if result.ensemble_of else title, fontsize=8)
         ax.set_xlabel("true f_NL", fontsize=8)
         ax.set_ylabel("estimate ± predicted sigma", fontsize=8)
         ax.grid(alpha=0.3)

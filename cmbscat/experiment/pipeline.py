@@ -634,10 +634,11 @@ def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool =
     table.parent.mkdir(parents=True, exist_ok=True)
     timings = Runner(Path(cfg["out"])).timings
     if cfg.get("target") == "fnl":
-        from cmbscat.experiment.fnl_report import fnl_table, plot_fnl_methods
+        from cmbscat.experiment.fnl_report import fnl_table, plot_fnl_methods, with_ensembles
 
-        atomic_write_text(table, fnl_table(cfg, results["test"], timings))
-        plot_fnl_methods(table.with_suffix(".png"), results["test"])
+        by_model = with_ensembles(results["test"])
+        atomic_write_text(table, fnl_table(cfg, by_model, timings))
+        plot_fnl_methods(table.with_suffix(".png"), by_model)
     else:
         atomic_write_text(table, results_table(cfg, results, timings))
     click.echo(table.read_text(), err=True)
