@@ -171,6 +171,18 @@ def test_train_on_one_run_folder_is_refused_while_held(tmp_path):
         run_cli(*args, check=True)
 
 
+def test_evaluate_into_one_folder_is_refused_while_held(tmp_path):
+    """Two evaluations writing one folder's metrics.json: the second is refused at start."""
+    simulate(tmp_path / "s.h5", SimulationConfig(40, 16, 31, 2000.0, 0, store="alm"), progress=False)
+    run = tmp_path / "r"
+    run_cli("train", tmp_path / "s.h5", run, "--model", "onepoint", "--no-progress", check=True)
+    args = ("evaluate", run, tmp_path / "s.h5", "--out", tmp_path / "e", "--no-progress")
+    with OutputLock(tmp_path / "e" / "metrics.json"):  # as a running `cmbscat evaluate` holds it
+        assert_one_line_error(run_cli(*args), f"metrics.json is being written by pid {os.getpid()}")
+    run_cli(*args, check=True)
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["metrics.json", "roc.png", "scores.npy"]
+
+
 def test_no_lock_left_after_a_failing_run(tmp_path, monkeypatch):
     config = SimulationConfig(8, 16, 31, 1000.0, 0)
     for exc in (RuntimeError("boom"), KeyboardInterrupt(), CmbscatError("bad")):

@@ -38,6 +38,7 @@ import numpy as np
 from cmbscat.experiment.datasets import read_labels
 from cmbscat.errors import CmbscatError
 from cmbscat.experiment.metrics import classification_metrics, roc_points
+from cmbscat.lock import OutputLock
 from cmbscat.store import (atomic_write_text, content_hash, describe_difference, differing_keys,
                            file_sha256, require_kind)
 from cmbscat.experiment.train import (CLASSICAL_MODELS, MODEL_INPUTS, model_inputs, model_weight,
@@ -210,11 +211,20 @@ def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path | None =
     record the model file's and the test file's hashes (:func:`evaluation_record`).
     A network trained on data observed otherwise than ``data`` (beam, noise, mask) is
     refused in one line unless ``force`` (:func:`observation_mismatch`); the metrics then
-    say what differed (``observation_differs``).
+    say what differed (``observation_differs``). One evaluation writes into a folder at a
+    time: a second one is refused at start (:class:`cmbscat.lock.OutputLock` on
+    ``metrics.json``).
     """
     t0 = time.time()
     if not Path(data).exists():
         raise CmbscatError(f"no such file: {data}")
+    load_run(run_dir)  # a one-line error for a folder that is not a finished run, before any lock
+    with OutputLock(Path(out_dir or run_dir) / "metrics.json"):
+        return _evaluate(run_dir, data, out_dir, device, progress, force, t0)
+
+
+def _evaluate(run_dir, data, out_dir, device: str, progress: bool, force: bool, t0: float) -> dict:
+    """The body of :func:`evaluate`, called with the lock on its ``metrics.json`` held."""
     config, model_path = load_run(run_dir)
     require_kind(data, MODEL_INPUTS[config["model"]], f"evaluating --model {config['model']}")
     saved = load_saved(config, model_path)
@@ -252,7 +262,8 @@ def evaluate_fnl(run_dir, data, config: dict, out_dir=None, device: str = "auto"
     ``predictions.npy`` (float64 (N, 2): mean, sigma) and ``fnl.png``. ``forced``: what
     :func:`evaluate` found different in the observation and was told to accept (added to the
     metrics); None: checked here, refused on any difference. ``saved``: the run's model as
-    :func:`load_saved` reads it (None: read here)."""
+    :func:`load_saved` reads it (None: read here). The caller holds the output's lock
+    (:func:`evaluate` does)."""
     from cmbscat.experiment.datasets import read_fnl
     from cmbscat.experiment.fnl_metrics import plot_predicted_vs_true, regression_metrics
 
@@ -350,13 +361,21 @@ def score_maps(run_dir: str | Path, data: str | Path, reference: str | Path | No
 
     A network trained on data observed otherwise (beam, noise, mask) than ``data`` or the
     reference is refused in one line unless ``force`` (:func:`observation_mismatch`; what
-    differed is then recorded).
+    differed is then recorded). A second scoring into the same folder is refused at start
+    (:class:`cmbscat.lock.OutputLock` on ``scores.json``).
     """
-    from scipy.special import expit
-
     t0 = time.time()
     if not Path(data).exists():
         raise CmbscatError(f"no such file: {data}")
+    load_run(run_dir)  # a one-line error for a folder that is not a finished run, before any lock
+    with OutputLock(Path(out_dir or run_dir) / "scores.json"):
+        return _score_maps(run_dir, data, reference, out_dir, device, progress, force, t0)
+
+
+def _score_maps(run_dir, data, reference, out_dir, device: str, progress: bool, force: bool, t0: float) -> dict:
+    """The body of :func:`score_maps`, called with the lock on its ``scores.json`` held."""
+    from scipy.special import expit
+
     config, model_path = load_run(run_dir)
     kinds = MODEL_INPUTS[config["model"]]
     require_kind(data, kinds, f"scoring with --model {config['model']}")
