@@ -7,7 +7,9 @@ non-zero exit status.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 import click
 
@@ -15,19 +17,38 @@ from cmbscat import __version__
 from cmbscat.errors import CmbscatError
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is, so that locks and temporary files are cleaned
+    up as after Ctrl-C (a BaseException, like KeyboardInterrupt: no ``except Exception``
+    swallows it)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 class _Group(click.Group):
-    """Lists commands in pipeline order; turns stray OSErrors (unwritable paths) into one-line errors."""
+    """Lists commands in pipeline order; turns stray OSErrors (unwritable paths) into one-line
+    errors; ends on Ctrl-C and on SIGTERM (what Slurm sends at a time limit or preemption,
+    and ``kill``'s default) alike: the ``finally`` blocks run, so the output's lock is
+    released and no temporary file is left, and a re-run resumes."""
 
     def list_commands(self, ctx):
         return list(self.commands)
 
     def invoke(self, ctx):
+        if threading.current_thread() is threading.main_thread():  # signal handlers live there only
+            signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
             click.echo("\nInterrupted: finished items are kept; re-run the same command to resume.",
                        err=True)
             sys.exit(130)
+        except Terminated:
+            click.echo("\nTerminated (SIGTERM): finished items are kept; re-run the same command to resume.",
+                       err=True)
+            sys.exit(128 + signal.SIGTERM)
         except OSError as exc:
             where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
             raise CmbscatError(f"cannot access{where}: {exc.strerror or exc}") from None

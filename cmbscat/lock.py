@@ -33,8 +33,9 @@ run ends up holding the lock.
 
 The lock is re-entrant within a process (a stage that removes its own output
 while holding it) and is released on every exit of the ``with`` block: success,
-``CmbscatError``, any exception, Ctrl-C. A ``kill -9`` (or SIGTERM, whose default
-action skips Python's ``finally``) leaves it behind as a stale lock of a dead pid.
+``CmbscatError``, any exception, Ctrl-C, and SIGTERM under the ``cmbscat`` command
+(which turns it into an exception; Python's default action would skip ``finally``).
+A ``kill -9`` leaves it behind as a stale lock of a dead pid.
 Folders that the lock had to create for itself (the output's parent) are removed
 again on release if they are still empty, so a refused run leaves nothing.
 """

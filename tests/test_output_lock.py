@@ -183,6 +183,31 @@ def test_evaluate_into_one_folder_is_refused_while_held(tmp_path):
     assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["metrics.json", "roc.png", "scores.npy"]
 
 
+def test_sigterm_releases_the_lock_and_the_run_resumes(tmp_path):
+    """SIGTERM (Slurm's time limit, kill) mid-run: exit 143 with one line, no lock left,
+    and the re-run resumes to the file an uninterrupted run writes."""
+    import signal
+
+    args = ["--n-maps", "200", "--nside", "32", "--lmax", "63", "--no-progress"]
+    out = tmp_path / "s.h5"
+    proc = subprocess.Popen([sys.executable, "-m", "cmbscat", "simulate", str(out), *args], cwd=tmp_path,
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    partial = tmp_path / "s.h5.partial"
+    deadline = time.time() + 120
+    while not (partial.is_dir() and any(partial.iterdir())) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Terminated (SIGTERM)" in err and "Traceback" not in err
+    assert not (tmp_path / "s.h5.lock").exists() and not out.exists()
+    run_cli("simulate", out, *args, check=True)
+    run_cli("simulate", tmp_path / "whole.h5", *args, check=True)
+    for a, b in zip(_arrays(out), _arrays(tmp_path / "whole.h5")):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_no_lock_left_after_a_failing_run(tmp_path, monkeypatch):
     config = SimulationConfig(8, 16, 31, 1000.0, 0)
     for exc in (RuntimeError("boom"), KeyboardInterrupt(), CmbscatError("bad")):
