@@ -218,14 +218,16 @@ def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path | None =
     t0 = time.time()
     if not Path(data).exists():
         raise CmbscatError(f"no such file: {data}")
-    load_run(run_dir)  # a one-line error for a folder that is not a finished run, before any lock
+    run = load_run(run_dir)  # a one-line error for a folder that is not a finished run, before any lock
     with OutputLock(Path(out_dir or run_dir) / "metrics.json"):
-        return _evaluate(run_dir, data, out_dir, device, progress, force, t0)
+        return _evaluate(run_dir, run, data, out_dir, device, progress, force, t0)
 
 
-def _evaluate(run_dir, data, out_dir, device: str, progress: bool, force: bool, t0: float) -> dict:
-    """The body of :func:`evaluate`, called with the lock on its ``metrics.json`` held."""
-    config, model_path = load_run(run_dir)
+def _evaluate(run_dir, run: tuple[dict, Path], data, out_dir, device: str, progress: bool, force: bool,
+              t0: float) -> dict:
+    """The body of :func:`evaluate` (``run``: :func:`load_run`'s answer), called with the
+    lock on its ``metrics.json`` held."""
+    config, model_path = run
     require_kind(data, MODEL_INPUTS[config["model"]], f"evaluating --model {config['model']}")
     saved = load_saved(config, model_path)
     mismatch = observation_mismatch(run_dir, saved, data, force)
@@ -367,16 +369,18 @@ def score_maps(run_dir: str | Path, data: str | Path, reference: str | Path | No
     t0 = time.time()
     if not Path(data).exists():
         raise CmbscatError(f"no such file: {data}")
-    load_run(run_dir)  # a one-line error for a folder that is not a finished run, before any lock
+    run = load_run(run_dir)  # a one-line error for a folder that is not a finished run, before any lock
     with OutputLock(Path(out_dir or run_dir) / "scores.json"):
-        return _score_maps(run_dir, data, reference, out_dir, device, progress, force, t0)
+        return _score_maps(run_dir, run, data, reference, out_dir, device, progress, force, t0)
 
 
-def _score_maps(run_dir, data, reference, out_dir, device: str, progress: bool, force: bool, t0: float) -> dict:
-    """The body of :func:`score_maps`, called with the lock on its ``scores.json`` held."""
+def _score_maps(run_dir, run: tuple[dict, Path], data, reference, out_dir, device: str, progress: bool,
+                force: bool, t0: float) -> dict:
+    """The body of :func:`score_maps` (``run``: :func:`load_run`'s answer), called with the
+    lock on its ``scores.json`` held."""
     from scipy.special import expit
 
-    config, model_path = load_run(run_dir)
+    config, model_path = run
     kinds = MODEL_INPUTS[config["model"]]
     require_kind(data, kinds, f"scoring with --model {config['model']}")
     _unlabelled(data)
