@@ -414,11 +414,12 @@ def train(data, run_dir, model, epochs, batch_size, lr, weight_decay, val_fracti
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dirs", metavar="RUN_DIR...", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.argument("test", type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for metrics.json, scores.npy and roc.png (f_NL estimators: "
-                   "predictions.npy and fnl.png; an unlabelled TEST: scores.json) [default: RUN_DIR].")
+                   "predictions.npy and fnl.png; an unlabelled TEST: scores.json) [default: RUN_DIR; "
+                   "required for an ensemble of several RUN_DIRs].")
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
 @click.option("--force", is_flag=True, default=False,
@@ -432,7 +433,7 @@ def train(data, run_dir, model, epochs, batch_size, lr, weight_decay, val_fracti
                    "nothing below 0.0099). [default: the test file of RUN_DIR/metrics.json, "
                    "the run's own evaluation]")
 @_progress_option
-def evaluate(run_dir, test, out_dir, device, force, reference, progress):
+def evaluate(run_dirs, test, out_dir, device, force, reference, progress):
     """Score the run in RUN_DIR on the labelled maps of TEST, or on a user's maps.
 
     Writes metrics.json (accuracy with its 68 % Wilson interval, ROC AUC, confusion
@@ -449,11 +450,32 @@ def evaluate(run_dir, test, out_dir, device, force, reference, progress):
     non-Gaussianity (sigmoid of the score, at the training set's 50/50 class balance) and
     the false-alarm probability among the Gaussian maps of --reference (see there); for an
     f_NL estimator, f_NL +/- sigma. They are written to OUT/scores.json too.
+
+    Several RUN_DIRs (f_NL estimators of one method, e.g. seeds) are evaluated, or score a
+    user's maps, as their ensemble: the seeds' mean f_NL, with an error that lets each
+    seed's own noise average down (cmbscat.experiment.fnl_estimators.ensemble_estimate);
+    --out is then required.
     """
     from cmbscat.experiment.evaluate import evaluate as run
-    from cmbscat.experiment.evaluate import is_unlabelled, score_maps
+    from cmbscat.experiment.evaluate import (evaluate_ensemble, is_unlabelled, score_maps,
+                                             score_maps_ensemble)
 
-    if _is_stage_file(test) and is_unlabelled(test):
+    unlabelled = _is_stage_file(test) and is_unlabelled(test)
+    if len(run_dirs) > 1:
+        if out_dir is None:
+            raise CmbscatError(f"an ensemble of {len(run_dirs)} runs needs --out FOLDER for its results "
+                               "(it belongs to no one run's folder)")
+        if reference is not None:
+            raise CmbscatError("--reference is for classifiers; an ensemble of f_NL estimators needs none")
+        if unlabelled:
+            _print_scores(score_maps_ensemble(run_dirs, test, out_dir, device=device, progress=progress,
+                                              force=force), out_dir)
+            return
+        m = evaluate_ensemble(run_dirs, test, out_dir, device=device, progress=progress, force=force)
+        _echo_fnl_metrics(f"ensemble of {len(run_dirs)} runs", test, m)
+        return
+    run_dir = run_dirs[0]
+    if unlabelled:
         _print_scores(score_maps(run_dir, test, reference, out_dir, device=device, progress=progress,
                                  force=force), out_dir or run_dir)
         return
@@ -461,16 +483,21 @@ def evaluate(run_dir, test, out_dir, device, force, reference, progress):
         raise CmbscatError(f"--reference is for unlabelled maps (a user's map); {test} is labelled")
     m = run(run_dir, test, out_dir, device=device, progress=progress, force=force)
     if m.get("target") == "fnl":
-        zero = m["at_zero"]
-        at_zero = f", sigma at f_NL = 0: {zero['sigma_fnl']:.3g}" if zero else ""
-        click.echo(f"{run_dir} on {test}: f_NL bias {m['bias']:.3g}, rms error {m['rmse']:.3g}"
-                   f"{at_zero}, coverage {100 * m['coverage68']:.1f} % (68 %) / "
-                   f"{100 * m['coverage95']:.1f} % (95 %), n = {m['n']}", err=True)
+        _echo_fnl_metrics(run_dir, test, m)
         return
     low, high = m["accuracy_interval68"]
     auc = f"{m['auc']:.3f}" if m["auc"] is not None else "n/a (one class)"
     click.echo(f"{run_dir} on {test}: accuracy {m['accuracy']:.3f} (68 % Wilson interval "
                f"{low:.3f}-{high:.3f}), AUC {auc}, n = {m['n']}", err=True)
+
+
+def _echo_fnl_metrics(what, test, m: dict) -> None:
+    """One stderr line of an f_NL evaluation's metrics ``m``."""
+    zero = m["at_zero"]
+    at_zero = f", sigma at f_NL = 0: {zero['sigma_fnl']:.3g}" if zero else ""
+    click.echo(f"{what} on {test}: f_NL bias {m['bias']:.3g}, rms error {m['rmse']:.3g}"
+               f"{at_zero}, coverage {100 * m['coverage68']:.1f} % (68 %) / "
+               f"{100 * m['coverage95']:.1f} % (95 %), n = {m['n']}", err=True)
 
 
 def _is_stage_file(path) -> bool:

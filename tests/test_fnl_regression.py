@@ -259,3 +259,65 @@ def test_sign_flip_is_refused_where_it_does_not_apply(files):
     for model, target in (("hybrid", "label"), ("onepoint", "fnl")):
         with pytest.raises(CmbscatError, match="--sign-flip applies to the networks' f_NL estimators"):
             TrainConfig(data="x.h5", model=model, target=target, sign_flip=True).validate()
+
+
+def test_cli_evaluates_and_scores_with_an_ensemble_of_runs(files, tmp_path):
+    """Several f_NL runs given to ``cmbscat evaluate``: their ensemble (the report's
+    combination of the same seeds), on labelled test maps and on a user's unlabelled maps."""
+    import shutil
+
+    import h5py
+
+    from cmbscat.experiment.fnl_estimators import ensemble_estimate
+    from cmbscat.experiment.fnl_metrics import regression_metrics
+
+    runner = CliRunner()
+    test = str(files["test"]["scat"])
+    runs = []
+    for seed in (0, 1):
+        runs.append(str(tmp_path / f"seed{seed}"))
+        train(runs[-1], TrainConfig(data=str(files["train"]["scat"]), model="hybrid", target="fnl", epochs=1,
+                                    batch_size=8, seed=seed), device="cpu", progress=False)
+    each = [predict_fnl(run, test, device="cpu", progress=False) for run in runs]
+    mean, sigma = ensemble_estimate(np.stack([m for m, _ in each]), np.stack([s for _, s in each]))
+    assert not np.allclose(each[0][0], each[1][0])  # two different estimators
+
+    r = runner.invoke(main, ["evaluate", *runs, test, "--out", str(tmp_path / "ens"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "ensemble of 2 runs" in r.output and "coverage" in r.output
+    assert np.allclose(np.load(tmp_path / "ens" / "predictions.npy"), np.stack([mean, sigma], 1))
+    m = json.loads((tmp_path / "ens" / "metrics.json").read_text())
+    true = np.tile([-1000.0, 0.0, 1000.0], 8)
+    assert m["coverage68"] == pytest.approx(regression_metrics(true, mean, sigma)["coverage68"])
+    assert [e["run"] for e in m["ensemble_of"]] == runs and m["seed"] == [0, 1] and m["model"] == "hybrid"
+
+    # a user's maps (labels -1): f_NL +/- sigma of the ensemble per map, on stdout and in scores.json
+    user = tmp_path / "user_scat.h5"
+    shutil.copy(test, user)
+    with h5py.File(user, "a") as f:
+        f["labels"][...] = -1
+    r = runner.invoke(main, ["evaluate", *runs, str(user), "--out", str(tmp_path / "user"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    scores = json.loads((tmp_path / "user" / "scores.json").read_text())
+    assert [row["fnl"] for row in scores["maps"]] == pytest.approx(mean)
+    assert [row["sigma_fnl"] for row in scores["maps"]] == pytest.approx(sigma)
+    assert f"map 0: f_NL = {mean[0]:.4g} +/- {sigma[0]:.3g}" in r.output
+
+    # refusals, one line each and no traceback
+    classifier = tmp_path / "classifier"
+    # (trained on the test grid, which has Gaussian maps: a classifier needs both classes)
+    train(classifier, TrainConfig(data=str(files["test"]["stats"]), model="cubic"), progress=False)
+    anchor = tmp_path / "anchor"
+    train(anchor, TrainConfig(data=str(files["train"]["stats"]), model="cubic_fisher", target="fnl"))
+    for args, message in (([*runs, test], "needs --out"),
+                          ([runs[0], runs[0], test, "--out", str(tmp_path / "x")], "named twice"),
+                          ([runs[0], str(anchor), test, "--out", str(tmp_path / "x")], "one method"),
+                          ([str(classifier), str(classifier) + "/", test, "--out", str(tmp_path / "x")],
+                           "named twice"),
+                          ([*runs, test, "--out", str(tmp_path / "x"), "--reference", test], "--reference")):
+        r = runner.invoke(main, ["evaluate", *args, "--no-progress"])
+        assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output, (args, r.output)
+    shutil.copytree(classifier, tmp_path / "classifier2")
+    r = runner.invoke(main, ["evaluate", str(classifier), str(tmp_path / "classifier2"), str(files["test"]["stats"]),
+                             "--out", str(tmp_path / "x"), "--no-progress"])
+    assert r.exit_code != 0 and "classifier" in r.output and "Traceback" not in r.output

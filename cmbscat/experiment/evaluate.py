@@ -258,45 +258,114 @@ def _evaluate(run_dir, run: tuple[dict, Path], data, out_dir, device: str, progr
     return metrics
 
 
-def evaluate_fnl(run_dir, data, config: dict, out_dir=None, device: str = "auto", progress: bool = True,
-                 t0: float | None = None, forced: dict | None = None, saved: dict | None = None) -> dict:
+def evaluate_fnl(run_dir, data, config: dict, out_dir, device: str, progress: bool, t0: float,
+                 forced: dict, saved: dict) -> dict:
     """The f_NL estimator's metrics (:func:`regression_metrics`) on ``data``: ``metrics.json``,
-    ``predictions.npy`` (float64 (N, 2): mean, sigma) and ``fnl.png``. ``forced``: what
-    :func:`evaluate` found different in the observation and was told to accept (added to the
-    metrics); None: checked here, refused on any difference. ``saved``: the run's model as
-    :func:`load_saved` reads it (None: read here). The caller holds the output's lock
-    (:func:`evaluate` does)."""
-    from cmbscat.experiment.datasets import read_fnl
-    from cmbscat.experiment.fnl_metrics import plot_predicted_vs_true, regression_metrics
+    ``predictions.npy`` (float64 (N, 2): mean, sigma) and ``fnl.png``. ``saved``: the run's
+    model as :func:`load_saved` reads it; ``forced``: what :func:`evaluate` found different in
+    the observation and was told to accept (added to the metrics). The caller holds the
+    output's lock (:func:`evaluate` does)."""
+    true = _true_fnl(data)
+    record = evaluation_record(run_dir, data)
+    mean, sigma = _fnl_estimates(config, saved, data, device, 32, progress)
+    return _write_fnl_evaluation(Path(out_dir) if out_dir else Path(run_dir), true, mean, sigma,
+                                 {"target": "fnl", "model": config["model"], "seed": config.get("seed"),
+                                  "test_file": str(data), **record, **forced}, config["model"], t0)
 
-    t0 = time.time() if t0 is None else t0
-    if saved is None:
-        saved = load_saved(config, load_run(run_dir)[1])
-    if forced is None:
-        observation_mismatch(run_dir, saved, data)  # refuses any difference
-        forced = {}
+
+def _true_fnl(data) -> np.ndarray:
+    """The test file's /fnl, refused in one line when some map has none (a FITS map)."""
+    from cmbscat.experiment.datasets import read_fnl
+
     true = read_fnl(data)
     if not np.all(np.isfinite(true)):
         raise CmbscatError(f"{data} has maps without a known f_NL (e.g. a FITS map); "
                            "evaluating an f_NL estimator needs test maps with /fnl")
-    record = evaluation_record(run_dir, data)
-    mean, sigma = _fnl_estimates(config, saved, data, device, 32, progress)
+    return true
+
+
+def _write_fnl_evaluation(out: Path, true: np.ndarray, mean: np.ndarray, sigma: np.ndarray, record: dict,
+                          label: str, t0: float) -> dict:
+    """Write ``metrics.json`` (:func:`regression_metrics` plus ``record``), ``predictions.npy``
+    (float64 (N, 2): mean, sigma) and ``fnl.png`` into ``out``; return the metrics."""
+    from cmbscat.experiment.fnl_metrics import plot_predicted_vs_true, regression_metrics
+
     metrics = regression_metrics(true, mean, sigma)
-    metrics.update({"target": "fnl", "model": config["model"], "seed": config.get("seed"),
-                    "test_file": str(data), **record, **forced,
-                    "wall_seconds": time.time() - t0})
-    out = Path(out_dir) if out_dir else Path(run_dir)
+    metrics.update({**record, "wall_seconds": time.time() - t0})
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").unlink(missing_ok=True)  # never beside another evaluation's predictions
     with open(out / "predictions.npy.tmp", "wb") as f:
         np.save(f, np.stack([mean, sigma], axis=1))
     os.replace(out / "predictions.npy.tmp", out / "predictions.npy")
     zero = metrics["at_zero"]
-    title = f"{config['model']}: " + (f"sigma(f_NL = 0) {zero['sigma_fnl']:.2f}, " if zero else "") + \
+    title = f"{label}: " + (f"sigma(f_NL = 0) {zero['sigma_fnl']:.2f}, " if zero else "") + \
         f"68 % coverage {100 * metrics['coverage68']:.1f} %"
     plot_predicted_vs_true(out / "fnl.png", true, mean, sigma, title)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
+
+
+def ensemble_fnl_estimates(run_dirs, data, device: str = "auto", progress: bool = True,
+                           force: bool = False) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """One f_NL estimate per map of ``data`` from several runs of one method (seeds), combined
+    by :func:`cmbscat.experiment.fnl_estimators.ensemble_estimate` (the average, with an error
+    that lets each seed's own noise average down): (mean, sigma) float64 (N,) each, and per
+    run ``{"run", "model", "seed", "model_sha256"}`` (plus ``observation_differs`` when
+    ``force`` let a difference through).
+
+    Every run must be a finished f_NL estimator (``--target fnl``) of the same ``--model``,
+    trained on data observed as ``data`` (else refused in one line unless ``force``); at
+    least two runs, since one run needs no ensemble.
+    """
+    from cmbscat.experiment.fnl_estimators import ensemble_estimate
+
+    run_dirs = [Path(r) for r in run_dirs]
+    if len(run_dirs) < 2:
+        raise CmbscatError("an ensemble needs at least two runs (one run is evaluated on its own)")
+    if len(set(map(os.path.realpath, run_dirs))) < len(run_dirs):
+        raise CmbscatError("a run is named twice; an ensemble combines different runs (seeds)")
+    runs = [load_run(r) for r in run_dirs]
+    models = sorted({config["model"] for config, _ in runs})
+    if len(models) > 1:
+        raise CmbscatError(f"an ensemble combines runs of one method (seeds); these are {', '.join(models)}")
+    for run_dir, (config, _) in zip(run_dirs, runs):
+        if config.get("target", "label") != "fnl":
+            raise CmbscatError(f"{run_dir} is a classifier (trained with --target label); ensembles "
+                               "combine f_NL estimators (--target fnl)")
+    require_kind(data, MODEL_INPUTS[models[0]], f"evaluating --model {models[0]}")
+    saved_runs = [load_saved(config, model_path) for config, model_path in runs]
+    # every run's observation is checked before any input is read
+    mismatches = [observation_mismatch(r, saved, data, force) for r, saved in zip(run_dirs, saved_runs)]
+    means, sigmas, records = [], [], []
+    for run_dir, (config, model_path), saved, mismatch in zip(run_dirs, runs, saved_runs, mismatches):
+        mean, sigma = _fnl_estimates(config, saved, data, device, 32, progress)
+        means.append(mean)
+        sigmas.append(sigma)
+        records.append({"run": str(run_dir), "model": config["model"], "seed": config.get("seed"),
+                        "model_sha256": file_sha256(model_path),
+                        **({"observation_differs": mismatch} if mismatch else {})})
+    mean, sigma = ensemble_estimate(np.stack(means), np.stack(sigmas))
+    return mean, sigma, records
+
+
+def evaluate_ensemble(run_dirs, data: str | Path, out_dir: str | Path, device: str = "auto",
+                      progress: bool = True, force: bool = False) -> dict:
+    """Evaluate the ensemble of the f_NL runs ``run_dirs`` (:func:`ensemble_fnl_estimates`) on
+    the labelled test file ``data``: ``metrics.json`` (as :func:`evaluate` writes for one
+    run, with ``ensemble_of``: each run, its seed and model hash, and ``test_sha256``),
+    ``predictions.npy`` and ``fnl.png`` in ``out_dir``, which must be given (an ensemble
+    belongs to no one run's folder). Returns the metrics."""
+    t0 = time.time()
+    if not Path(data).exists():
+        raise CmbscatError(f"no such file: {data}")
+    with OutputLock(Path(out_dir) / "metrics.json"):
+        true = _true_fnl(data)
+        mean, sigma, runs = ensemble_fnl_estimates(run_dirs, data, device, progress, force)
+        record = {"target": "fnl", "model": runs[0]["model"], "ensemble_of": runs,
+                  "seed": [r["seed"] for r in runs], "test_file": str(data),
+                  "test_sha256": content_hash(data)}
+        return _write_fnl_evaluation(Path(out_dir), true, mean, sigma, record,
+                                     f"{runs[0]['model']} ensemble of {len(runs)}", t0)
 
 
 def false_alarm_probability(scores: np.ndarray, gaussian_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -392,12 +461,7 @@ def _score_maps(run_dir, run: tuple[dict, Path], data, reference, out_dir, devic
     if config.get("target", "label") == "fnl":
         if reference is not None:
             raise CmbscatError("--reference is for classifiers; an f_NL estimator's maps need none")
-        mean, sigma = _fnl_estimates(config, saved, data, device, 32, progress)
-        out = {**record, "target": "fnl",
-               "maps": [{"index": i, "fnl": float(m), "sigma_fnl": float(e)}
-                        for i, (m, e) in enumerate(zip(mean, sigma))],
-               "meaning": "fnl: the estimate of local f_NL; sigma_fnl: its 1-sigma error as the run "
-                          "predicts it (calibrated on its validation split; cubic_fisher: the Fisher bound)"}
+        out = {**record, **_fnl_scores(*_fnl_estimates(config, saved, data, device, 32, progress))}
     else:
         reference = default_reference(run_dir) if reference is None else Path(reference)
         if not reference.exists():
@@ -429,3 +493,33 @@ def _score_maps(run_dir, run: tuple[dict, Path], data, reference, out_dir, devic
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "scores.json", json.dumps(out, indent=2))
     return out
+
+
+def _fnl_scores(mean: np.ndarray, sigma: np.ndarray) -> dict:
+    """scores.json's per-map entries of an f_NL estimate (mean, sigma float (N,))."""
+    return {"target": "fnl",
+            "maps": [{"index": i, "fnl": float(m), "sigma_fnl": float(e)}
+                     for i, (m, e) in enumerate(zip(mean, sigma))],
+            "meaning": "fnl: the estimate of local f_NL; sigma_fnl: its 1-sigma error as the run "
+                       "predicts it (calibrated on its validation split; cubic_fisher: the Fisher bound; "
+                       "an ensemble: cmbscat.experiment.fnl_estimators.ensemble_estimate)"}
+
+
+def score_maps_ensemble(run_dirs, data: str | Path, out_dir: str | Path, device: str = "auto",
+                        progress: bool = True, force: bool = False) -> dict:
+    """Estimate f_NL +/- sigma of every map of the unlabelled file ``data`` with the ensemble
+    of the f_NL runs ``run_dirs`` (:func:`ensemble_fnl_estimates`); write ``scores.json`` in
+    ``out_dir`` (required: an ensemble belongs to no one run's folder) and return what it
+    holds (as :func:`score_maps` for one f_NL run, with ``ensemble_of``)."""
+    t0 = time.time()
+    if not Path(data).exists():
+        raise CmbscatError(f"no such file: {data}")
+    with OutputLock(Path(out_dir) / "scores.json"):
+        _unlabelled(data)
+        mean, sigma, runs = ensemble_fnl_estimates(run_dirs, data, device, progress, force)
+        out = {"model": runs[0]["model"], "ensemble_of": runs, "seed": [r["seed"] for r in runs],
+               "data": str(data), "data_sha256": content_hash(data), **_fnl_scores(mean, sigma),
+               "wall_seconds": time.time() - t0}
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(out_dir) / "scores.json", json.dumps(out, indent=2))
+        return out
