@@ -44,6 +44,10 @@ from cmbscat.store import (atomic_write_text, content_hash, describe_difference,
 from cmbscat.experiment.train import (CLASSICAL_MODELS, MODEL_INPUTS, model_inputs, model_weight,
                                       resolve_device)
 
+# maps per forward pass when scoring; only memory depends on it (the networks are in eval
+# mode, so batch norm uses its stored statistics and each map's output is its own)
+BATCH_SIZE = 32
+
 
 def load_run(run_dir: str | Path) -> tuple[dict, Path]:
     """The run's config and the path of its best model; one-line error if unfinished."""
@@ -65,7 +69,7 @@ def evaluation_record(run_dir: str | Path, data: str | Path) -> dict:
     return {"model_sha256": file_sha256(model_path), "test_sha256": content_hash(data)}
 
 
-def network_logits(model, x: np.ndarray, device: str, batch_size: int = 32,
+def network_logits(model, x: np.ndarray, device: str, batch_size: int = BATCH_SIZE,
                    weight: np.ndarray | None = None) -> np.ndarray:
     """Outputs (float64, (N,) logits, or (N, n_outputs)) of a torch ``model`` on inputs
     ``x`` (N, C, npix), in batches; ``weight`` (npix,), the pooling weight of every map
@@ -137,12 +141,17 @@ def _network_outputs(config: dict, saved: dict, data, device: str, batch_size: i
     return out
 
 
+def _classical_features(config: dict, saved: dict, data, progress: bool) -> np.ndarray:
+    """The features (N, n_features) a classical run's ``saved`` model reads from ``data``."""
+    x, _ = model_inputs(config["model"], str(data), saved.get("meta"), progress=progress)
+    return x
+
+
 def _fnl_estimates(config: dict, saved: dict, data, device: str, batch_size: int,
                    progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """(mean, sigma) of f_NL of every map of ``data`` from an f_NL run's ``saved`` model."""
     if config["model"] in CLASSICAL_MODELS:
-        x, _ = model_inputs(config["model"], str(data), saved.get("meta"), progress=progress)
-        return saved["estimator"].predict(x)
+        return saved["estimator"].predict(_classical_features(config, saved, data, progress))
     from cmbscat.experiment.fnl_estimators import TargetScaling
 
     output = _network_outputs(config, saved, data, device, batch_size, progress)
@@ -153,12 +162,12 @@ def _fnl_estimates(config: dict, saved: dict, data, device: str, batch_size: int
 def _logits(config: dict, saved: dict, data, device: str, batch_size: int, progress: bool) -> np.ndarray:
     """Logits of every map of ``data`` from a classifier run's ``saved`` model."""
     if config["model"] in CLASSICAL_MODELS:
-        x, _ = model_inputs(config["model"], str(data), saved.get("meta"), progress=progress)
-        return np.asarray(saved["classifier"].decision_function(x), dtype=np.float64)
+        return np.asarray(saved["classifier"].decision_function(_classical_features(config, saved, data, progress)),
+                          dtype=np.float64)
     return _network_outputs(config, saved, data, device, batch_size, progress)
 
 
-def predict_fnl(run_dir: str | Path, data: str | Path, device: str = "auto", batch_size: int = 32,
+def predict_fnl(run_dir: str | Path, data: str | Path, device: str = "auto", batch_size: int = BATCH_SIZE,
                 progress: bool = True, force: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(mean, sigma) of f_NL (float64 (N,) each) of every map of ``data`` from a run
     trained with ``--target fnl``; sigma includes the run's validation calibration.
@@ -172,7 +181,7 @@ def predict_fnl(run_dir: str | Path, data: str | Path, device: str = "auto", bat
     return _fnl_estimates(config, saved, data, device, batch_size, progress)
 
 
-def predict(run_dir: str | Path, data: str | Path, device: str = "auto", batch_size: int = 32,
+def predict(run_dir: str | Path, data: str | Path, device: str = "auto", batch_size: int = BATCH_SIZE,
             progress: bool = True, force: bool = False) -> np.ndarray:
     """Logit (log-odds of the non-Gaussian class) of each map of ``data``, float64 (N,).
     A run trained on data observed otherwise than ``data`` is refused in one line unless
@@ -240,7 +249,7 @@ def _evaluate(run_dir, run: tuple[dict, Path], data, out_dir, device: str, progr
                            "labelled test maps (a file of unlabelled maps only, e.g. a FITS map's, is "
                            "scored map by map: cmbscat evaluate RUN FILE, score_maps)")
     record = evaluation_record(run_dir, data)
-    logits = _logits(config, saved, data, device, 32, progress)
+    logits = _logits(config, saved, data, device, BATCH_SIZE, progress)
     metrics = classification_metrics(labels, logits)
     metrics.update({"model": config["model"], "seed": config.get("seed"), "test_file": str(data),
                     **record, **forced, "wall_seconds": time.time() - t0})
@@ -267,7 +276,7 @@ def evaluate_fnl(run_dir, data, config: dict, out_dir, device: str, progress: bo
     output's lock (:func:`evaluate` does)."""
     true = _true_fnl(data)
     record = evaluation_record(run_dir, data)
-    mean, sigma = _fnl_estimates(config, saved, data, device, 32, progress)
+    mean, sigma = _fnl_estimates(config, saved, data, device, BATCH_SIZE, progress)
     return _write_fnl_evaluation(Path(out_dir) if out_dir else Path(run_dir), true, mean, sigma,
                                  {"target": "fnl", "model": config["model"], "seed": config.get("seed"),
                                   "test_file": str(data), **record, **forced}, config["model"], t0)
@@ -338,7 +347,7 @@ def ensemble_fnl_estimates(run_dirs, data, device: str = "auto", progress: bool 
     mismatches = [observation_mismatch(r, saved, data, force) for r, saved in zip(run_dirs, saved_runs)]
     means, sigmas, records = [], [], []
     for run_dir, (config, model_path), saved, mismatch in zip(run_dirs, runs, saved_runs, mismatches):
-        mean, sigma = _fnl_estimates(config, saved, data, device, 32, progress)
+        mean, sigma = _fnl_estimates(config, saved, data, device, BATCH_SIZE, progress)
         means.append(mean)
         sigmas.append(sigma)
         records.append({"run": str(run_dir), "model": config["model"], "seed": config.get("seed"),
@@ -461,7 +470,7 @@ def _score_maps(run_dir, run: tuple[dict, Path], data, reference, out_dir, devic
     if config.get("target", "label") == "fnl":
         if reference is not None:
             raise CmbscatError("--reference is for classifiers; an f_NL estimator's maps need none")
-        out = {**record, **_fnl_scores(*_fnl_estimates(config, saved, data, device, 32, progress))}
+        out = {**record, **_fnl_scores(*_fnl_estimates(config, saved, data, device, BATCH_SIZE, progress))}
     else:
         reference = default_reference(run_dir) if reference is None else Path(reference)
         if not reference.exists():
@@ -473,8 +482,8 @@ def _score_maps(run_dir, run: tuple[dict, Path], data, reference, out_dir, devic
             raise CmbscatError(f"--reference {reference} needs labelled maps with Gaussian ones (label 0); "
                                f"it has {n_gauss} Gaussian of {ref_labels.size}")
         ref_mismatch = observation_mismatch(run_dir, saved, reference, force)
-        logits = _logits(config, saved, data, device, 32, progress)
-        ref_logits = _logits(config, saved, reference, device, 32, progress)
+        logits = _logits(config, saved, data, device, BATCH_SIZE, progress)
+        ref_logits = _logits(config, saved, reference, device, BATCH_SIZE, progress)
         p_value, above = false_alarm_probability(logits, ref_logits[ref_labels == 0])
         out = {**record, "target": "label", "reference": str(reference),
                "reference_sha256": content_hash(reference), "n_reference_gaussian": n_gauss,
