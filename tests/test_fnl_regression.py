@@ -171,6 +171,31 @@ def test_paired_bias_cancels_the_maps_own_fluctuation():
         assert abs(r["sigma_fnl"] - np.sqrt(10.0)) < 0.3
 
 
+def test_pooled_paired_bias_is_the_odd_part():
+    """Pooling +f and -f reads (b(f) - b(-f)) / 2: an odd bias is found whole with an error
+    sqrt(2) smaller than one bin's, an even one cancels; f_NL = 0 and unpaired values are left out."""
+    from cmbscat.experiment.fnl_report import FnlResult, paired_bias, pooled_paired_bias
+
+    rng = np.random.default_rng(4)
+    true = np.repeat([-40.0, -20.0, 0.0, 20.0, 40.0, 60.0], 400)
+    anchor = true + 3.0 * rng.standard_normal(true.size)
+
+    def result(model, mean):
+        return FnlResult(model, [0], [{}], np.stack([mean, np.ones_like(mean)], axis=1)[None], true)
+
+    noise = 1.0 * rng.standard_normal(true.size)
+    odd = pooled_paired_bias(result("hybrid", anchor + 0.05 * true + noise), result("cubic_fisher", anchor))
+    assert [r["fnl"] for r in odd] == [20.0, 40.0] and all(r["n"] == 800 for r in odd)
+    for r, expected in zip(odd, (1.0, 2.0)):
+        assert abs(r["bias_error"] - 1.0 / np.sqrt(800)) < 0.006
+        assert abs(r["bias"] - expected) < 4 * r["bias_error"]
+        assert abs(r["sigma_fnl"] - np.sqrt(10.0)) < 0.3
+    even = pooled_paired_bias(result("hybrid", anchor + 1.5 + noise), result("cubic_fisher", anchor))
+    assert all(abs(r["bias"]) < 4 * r["bias_error"] for r in even)
+    assert all(abs(r["bias"] - 1.5) < 0.1 for r in paired_bias(result("hybrid", anchor + 1.5 + noise),
+                                                                 result("cubic_fisher", anchor)))
+
+
 def test_ensembles_join_the_table_after_their_method():
     """A method with several seeds gets an ensemble row (one estimate per map, its own
     metrics), named as such, right after it; a one-seed method gets none."""
@@ -197,7 +222,8 @@ def test_ensembles_join_the_table_after_their_method():
     text = fnl_table(cfg, by_model, {"train hybrid seed 0": 10.0, "train hybrid seed 1": 12.0})
     row = next(line for line in text.splitlines() if "(hybrid), ensemble of 3 seeds |" in line)
     assert row.rstrip().endswith("| 22 s |")  # the seeds' wall times
-    assert sum("ensemble of 3 seeds" in line for line in text.splitlines()) == 3  # main, per-bin, paired
+    # main, per-bin, paired, pooled +-f
+    assert sum("ensemble of 3 seeds" in line for line in text.splitlines()) == 4
 
 
 def test_sign_flip_algebra():
