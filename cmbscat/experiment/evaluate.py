@@ -357,6 +357,12 @@ def ensemble_fnl_estimates(run_dirs, data, device: str = "auto", progress: bool 
     return mean, sigma, records
 
 
+def _ensemble_record(runs: list[dict]) -> dict:
+    """What an ensemble's metrics.json or scores.json says it was made from: the method,
+    each run (:func:`ensemble_fnl_estimates`'s records) and their seeds."""
+    return {"model": runs[0]["model"], "ensemble_of": runs, "seed": [r["seed"] for r in runs]}
+
+
 def evaluate_ensemble(run_dirs, data: str | Path, out_dir: str | Path, device: str = "auto",
                       progress: bool = True, force: bool = False) -> dict:
     """Evaluate the ensemble of the f_NL runs ``run_dirs`` (:func:`ensemble_fnl_estimates`) on
@@ -370,8 +376,7 @@ def evaluate_ensemble(run_dirs, data: str | Path, out_dir: str | Path, device: s
     with OutputLock(Path(out_dir) / "metrics.json"):
         true = _true_fnl(data)
         mean, sigma, runs = ensemble_fnl_estimates(run_dirs, data, device, progress, force)
-        record = {"target": "fnl", "model": runs[0]["model"], "ensemble_of": runs,
-                  "seed": [r["seed"] for r in runs], "test_file": str(data),
+        record = {"target": "fnl", **_ensemble_record(runs), "test_file": str(data),
                   "test_sha256": content_hash(data)}
         return _write_fnl_evaluation(Path(out_dir), true, mean, sigma, record,
                                      f"{runs[0]['model']} ensemble of {len(runs)}", t0)
@@ -526,8 +531,8 @@ def score_maps_ensemble(run_dirs, data: str | Path, out_dir: str | Path, device:
     with OutputLock(Path(out_dir) / "scores.json"):
         _unlabelled(data)
         mean, sigma, runs = ensemble_fnl_estimates(run_dirs, data, device, progress, force)
-        out = {"model": runs[0]["model"], "ensemble_of": runs, "seed": [r["seed"] for r in runs],
-               "data": str(data), "data_sha256": content_hash(data), **_fnl_scores(mean, sigma),
+        out = {**_ensemble_record(runs), "data": str(data), "data_sha256": content_hash(data),
+               **_fnl_scores(mean, sigma),
                "wall_seconds": time.time() - t0}
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(out_dir) / "scores.json", json.dumps(out, indent=2))
