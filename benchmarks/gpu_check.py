@@ -101,7 +101,10 @@ def check_train(device: str) -> None:
         ]
         t0 = time.time()
         for step in steps:
-            proc = subprocess.run(cmd + step + ["--no-progress"], capture_output=True, text=True)
+            # run from the temporary folder: the repository's cmbscat/ (without its package
+            # data) must not shadow the installed package
+            proc = subprocess.run(cmd + step + ["--no-progress"], capture_output=True, text=True,
+                                  cwd=t)
             if proc.returncode != 0:
                 last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
                 report("FAIL", "train --device cuda", f"cmbscat {step[0]} failed: {last}")

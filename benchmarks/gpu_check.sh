@@ -8,7 +8,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # cmbscat importable without an install
+# cmbscat as installed (`make install`, `pip install -e .`); on a bare GPU machine that has
+# the dependencies but not the package, install it (no dependencies) into a temporary
+# folder: the repository on the path would not do, since its package data (cmbscat.data)
+# lives in data/. Checked without the current folder on the path, so the repository's own
+# cmbscat/ does not shadow it.
+if ! "$PYTHON" -c "import sys; sys.path = [p for p in sys.path if p not in ('', '.')]
+import cmbscat.data" 2>/dev/null; then
+    site=$(mktemp -d)
+    echo "# cmbscat is not installed for $PYTHON: installing it (no dependencies) into $site"
+    "$PYTHON" -m pip install --quiet --no-deps --no-build-isolation --no-compile --target "$site" . \
+        || { echo "FAIL install: pip could not install cmbscat into $site"; exit 1; }
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 "$PYTHON" -c "import torch; print('# torch', torch.__version__, '| CUDA', torch.version.cuda, '|',
     torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
 exec "$PYTHON" benchmarks/gpu_check.py "$@"
