@@ -432,8 +432,15 @@ def train(data, run_dir, model, epochs, batch_size, lr, weight_decay, val_fracti
                    "scoring at least as high as the map; its floor is 1 / (1 + n) (n = 100: "
                    "nothing below 0.0099). [default: the test file of RUN_DIR/metrics.json, "
                    "the run's own evaluation]")
+@click.option("--calibrate", "calibration", type=click.Path(dir_okay=False), default=None, metavar="CALIB.h5",
+              help="f_NL estimators only: a labelled file of the same kind as TEST, maps at many f_NL "
+                   "values (at least 10, e.g. from `cmbscat simulate --fnl-dist uniform:-60,60`) that "
+                   "play no other part, observed as the training data. The estimator's response "
+                   "E[estimate | f_NL] is fitted there (f_NL plus a constant and odd powers up to 5) "
+                   "and every estimate on TEST is read through its inverse, sigma divided by its "
+                   "slope; metrics.json or scores.json records the fit (response_calibration).")
 @_progress_option
-def evaluate(run_dirs, test, out_dir, device, force, reference, progress):
+def evaluate(run_dirs, test, out_dir, device, force, reference, calibration, progress):
     """Score the run in RUN_DIR on the labelled maps of TEST, or on a user's maps.
 
     Writes metrics.json (accuracy with its 68 % Wilson interval, ROC AUC, confusion
@@ -455,6 +462,9 @@ def evaluate(run_dirs, test, out_dir, device, force, reference, progress):
     user's maps, as their ensemble: the seeds' mean f_NL, with an error that lets each
     seed's own noise average down (cmbscat.experiment.fnl_estimators.ensemble_estimate);
     --out is then required.
+
+    --calibrate CALIB.h5 corrects an f_NL estimator's (or ensemble's) response, measured
+    on simulations with known f_NL (cmbscat.experiment.fnl_calibration).
     """
     from cmbscat.experiment.evaluate import evaluate as run
     from cmbscat.experiment.evaluate import (evaluate_ensemble, is_unlabelled, score_maps,
@@ -469,19 +479,20 @@ def evaluate(run_dirs, test, out_dir, device, force, reference, progress):
             raise CmbscatError("--reference is for classifiers; an ensemble of f_NL estimators needs none")
         if unlabelled:
             _print_scores(score_maps_ensemble(run_dirs, test, out_dir, device=device, progress=progress,
-                                              force=force), out_dir)
+                                              force=force, calibration=calibration), out_dir)
             return
-        m = evaluate_ensemble(run_dirs, test, out_dir, device=device, progress=progress, force=force)
+        m = evaluate_ensemble(run_dirs, test, out_dir, device=device, progress=progress, force=force,
+                              calibration=calibration)
         _echo_fnl_metrics(f"ensemble of {len(run_dirs)} runs", test, m)
         return
     run_dir = run_dirs[0]
     if unlabelled:
         _print_scores(score_maps(run_dir, test, reference, out_dir, device=device, progress=progress,
-                                 force=force), out_dir or run_dir)
+                                 force=force, calibration=calibration), out_dir or run_dir)
         return
     if reference is not None:
         raise CmbscatError(f"--reference is for unlabelled maps (a user's map); {test} is labelled")
-    m = run(run_dir, test, out_dir, device=device, progress=progress, force=force)
+    m = run(run_dir, test, out_dir, device=device, progress=progress, force=force, calibration=calibration)
     if m.get("target") == "fnl":
         _echo_fnl_metrics(run_dir, test, m)
         return

@@ -10,6 +10,12 @@ instead (:mod:`cmbscat.experiment.fnl_metrics`): bias and sigma(f_NL) in bins of
 f_NL, the coverage of the predicted 68 % and 95 % intervals; ``predictions.npy``
 (float64 (N, 2): mean and sigma of f_NL) and ``fnl.png`` (predicted against true).
 
+An f_NL estimator's response can be calibrated on simulations (``calibration``: a labelled
+file of maps at many f_NL values that plays no other part): the response E[mean | f] is
+fitted there and every estimate read through its inverse
+(:class:`cmbscat.experiment.fnl_calibration.ResponseCalibration`); metrics.json or
+scores.json records the fit under ``response_calibration``.
+
 An unlabelled file (labels -1: the scattering or statistics of a user's FITS map,
 :mod:`cmbscat.sky.fits_map`) is scored map by map instead (:func:`score_maps`): the
 logit, its probability and its false-alarm probability among the Gaussian maps of a
@@ -213,7 +219,8 @@ def plot_roc(path: Path, labels: np.ndarray, logits: np.ndarray, title: str) -> 
 
 
 def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path | None = None,
-             device: str = "auto", progress: bool = True, force: bool = False) -> dict:
+             device: str = "auto", progress: bool = True, force: bool = False,
+             calibration: str | Path | None = None) -> dict:
     """Write ``metrics.json``, ``scores.npy`` (logits) and ``roc.png`` for ``run_dir`` on ``data``.
 
     Output goes to ``out_dir`` (default: the run folder). Returns the metrics, which
@@ -222,18 +229,18 @@ def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path | None =
     refused in one line unless ``force`` (:func:`observation_mismatch`); the metrics then
     say what differed (``observation_differs``). One evaluation writes into a folder at a
     time: a second one is refused at start (:class:`cmbscat.lock.OutputLock` on
-    ``metrics.json``).
+    ``metrics.json``). ``calibration`` (f_NL estimators only): see :func:`calibrate_estimates`.
     """
     t0 = time.time()
     if not Path(data).exists():
         raise CmbscatError(f"no such file: {data}")
     run = load_run(run_dir)  # a one-line error for a folder that is not a finished run, before any lock
     with OutputLock(Path(out_dir or run_dir) / "metrics.json"):
-        return _evaluate(run_dir, run, data, out_dir, device, progress, force, t0)
+        return _evaluate(run_dir, run, data, out_dir, device, progress, force, t0, calibration)
 
 
 def _evaluate(run_dir, run: tuple[dict, Path], data, out_dir, device: str, progress: bool, force: bool,
-              t0: float) -> dict:
+              t0: float, calibration=None) -> dict:
     """The body of :func:`evaluate` (``run``: :func:`load_run`'s answer), called with the
     lock on its ``metrics.json`` held."""
     config, model_path = run
@@ -242,7 +249,9 @@ def _evaluate(run_dir, run: tuple[dict, Path], data, out_dir, device: str, progr
     mismatch = observation_mismatch(run_dir, saved, data, force)
     forced = {"observation_differs": mismatch} if mismatch else {}
     if config.get("target", "label") == "fnl":
-        return evaluate_fnl(run_dir, data, config, out_dir, device, progress, t0, forced, saved)
+        return evaluate_fnl(run_dir, data, config, out_dir, device, progress, t0, forced, saved,
+                            calibration, force)
+    _refuse_calibration(run_dir, calibration)
     labels = read_labels(data)
     if np.any(labels < 0):
         raise CmbscatError(f"{data} has maps without labels (-1) among labelled ones; evaluation needs "
@@ -268,18 +277,37 @@ def _evaluate(run_dir, run: tuple[dict, Path], data, out_dir, device: str, progr
 
 
 def evaluate_fnl(run_dir, data, config: dict, out_dir, device: str, progress: bool, t0: float,
-                 forced: dict, saved: dict) -> dict:
+                 forced: dict, saved: dict, calibration=None, force: bool = False) -> dict:
     """The f_NL estimator's metrics (:func:`regression_metrics`) on ``data``: ``metrics.json``,
     ``predictions.npy`` (float64 (N, 2): mean, sigma) and ``fnl.png``. ``saved``: the run's
     model as :func:`load_saved` reads it; ``forced``: what :func:`evaluate` found different in
-    the observation and was told to accept (added to the metrics). The caller holds the
-    output's lock (:func:`evaluate` does)."""
+    the observation and was told to accept (added to the metrics); ``calibration``: see
+    :func:`calibrate_estimates`. The caller holds the output's lock (:func:`evaluate` does)."""
     true = _true_fnl(data)
     record = evaluation_record(run_dir, data)
     mean, sigma = _fnl_estimates(config, saved, data, device, BATCH_SIZE, progress)
+    mean, sigma, calibrated = calibrate_estimates(
+        mean, sigma, data, calibration,
+        lambda path: _checked_fnl_estimates(run_dir, config, saved, path, device, progress, force))
     return _write_fnl_evaluation(Path(out_dir) if out_dir else Path(run_dir), true, mean, sigma,
                                  {"target": "fnl", "model": config["model"], "seed": config.get("seed"),
-                                  "test_file": str(data), **record, **forced}, config["model"], t0)
+                                  "test_file": str(data), **record, **forced, **calibrated},
+                                 config["model"], t0)
+
+
+def _refuse_calibration(run_dir, calibration) -> None:
+    """A classifier has no f_NL response to calibrate: refuse ``calibration`` in one line."""
+    if calibration is not None:
+        raise CmbscatError(f"--calibrate is for f_NL estimators (--target fnl); {run_dir} is a classifier")
+
+
+def _checked_fnl_estimates(run_dir, config: dict, saved: dict, data, device: str, progress: bool,
+                           force: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One run's f_NL estimates on another file (a calibration file), after the checks the
+    test file had: its kind and its observation against the training data's."""
+    require_kind(data, MODEL_INPUTS[config["model"]], f"estimating with --model {config['model']}")
+    observation_mismatch(run_dir, saved, data, force)
+    return _fnl_estimates(config, saved, data, device, BATCH_SIZE, progress)
 
 
 def _true_fnl(data) -> np.ndarray:
@@ -291,6 +319,57 @@ def _true_fnl(data) -> np.ndarray:
         raise CmbscatError(f"{data} has maps without a known f_NL (e.g. a FITS map); "
                            "evaluating an f_NL estimator needs test maps with /fnl")
     return true
+
+
+# fewest distinct true f_NL values a calibration file must have: the response has four
+# coefficients, and a grid of a few values would fit them through its own noise
+MIN_CALIBRATION_VALUES = 10
+
+
+def calibrate_estimates(mean: np.ndarray, sigma: np.ndarray, data, calibration, estimate) -> tuple:
+    """Read f_NL estimates through the estimator's response fitted on ``calibration``.
+
+    Parameters
+    ----------
+    mean, sigma : (N,) float64
+        The estimator's mean and sigma on the maps of ``data``.
+    data : path
+        The file they came from (refused as its own calibration).
+    calibration : path or None
+        Labelled file of the same kind, maps at many f_NL values (e.g. ``cmbscat simulate
+        --fnl-dist uniform:-60,60``), observed as the training data; None: no calibration.
+    estimate : callable
+        ``estimate(path) -> (mean, sigma)``: the same estimator on another file.
+
+    Returns
+    -------
+    (mean, sigma, record) : corrected estimates (:meth:`ResponseCalibration.apply`) and a
+    dict ``{"response_calibration": {...}}`` for metrics.json / scores.json (empty when
+    ``calibration`` is None).
+    """
+    from cmbscat.experiment.fnl_calibration import ResponseCalibration
+
+    if calibration is None:
+        return mean, sigma, {}
+    if not Path(calibration).exists():
+        raise CmbscatError(f"no such file: {calibration} (--calibrate)")
+    calibration_hash = content_hash(calibration)
+    if calibration_hash == content_hash(data):
+        raise CmbscatError(f"--calibrate {calibration} holds the maps being estimated; a calibration "
+                           "fitted on them would fit their own noise (use maps that play no other part)")
+    true = _true_fnl(calibration)
+    if np.unique(true).size < MIN_CALIBRATION_VALUES:
+        raise CmbscatError(f"--calibrate {calibration} has maps at {np.unique(true).size} f_NL values; "
+                           f"fitting the response needs at least {MIN_CALIBRATION_VALUES} (e.g. "
+                           "cmbscat simulate --fnl-dist uniform:-60,60)")
+    calibration_mean, _ = estimate(calibration)
+    try:
+        response = ResponseCalibration.fit(true, calibration_mean)
+    except ValueError as err:
+        raise CmbscatError(f"--calibrate {calibration}: {err}") from None
+    mean, sigma = response.apply(mean, sigma)
+    return mean, sigma, {"response_calibration": {**response.to_dict(), "file": str(calibration),
+                                                  "sha256": calibration_hash}}
 
 
 def _write_fnl_evaluation(out: Path, true: np.ndarray, mean: np.ndarray, sigma: np.ndarray, record: dict,
@@ -364,20 +443,24 @@ def _ensemble_record(runs: list[dict]) -> dict:
 
 
 def evaluate_ensemble(run_dirs, data: str | Path, out_dir: str | Path, device: str = "auto",
-                      progress: bool = True, force: bool = False) -> dict:
+                      progress: bool = True, force: bool = False, calibration=None) -> dict:
     """Evaluate the ensemble of the f_NL runs ``run_dirs`` (:func:`ensemble_fnl_estimates`) on
     the labelled test file ``data``: ``metrics.json`` (as :func:`evaluate` writes for one
     run, with ``ensemble_of``: each run, its seed and model hash, and ``test_sha256``),
     ``predictions.npy`` and ``fnl.png`` in ``out_dir``, which must be given (an ensemble
-    belongs to no one run's folder). Returns the metrics."""
+    belongs to no one run's folder); ``calibration``: see :func:`calibrate_estimates`.
+    Returns the metrics."""
     t0 = time.time()
     if not Path(data).exists():
         raise CmbscatError(f"no such file: {data}")
     with OutputLock(Path(out_dir) / "metrics.json"):
         true = _true_fnl(data)
         mean, sigma, runs = ensemble_fnl_estimates(run_dirs, data, device, progress, force)
+        mean, sigma, calibrated = calibrate_estimates(
+            mean, sigma, data, calibration,
+            lambda path: ensemble_fnl_estimates(run_dirs, path, device, progress, force)[:2])
         record = {"target": "fnl", **_ensemble_record(runs), "test_file": str(data),
-                  "test_sha256": content_hash(data)}
+                  "test_sha256": content_hash(data), **calibrated}
         return _write_fnl_evaluation(Path(out_dir), true, mean, sigma, record,
                                      f"{runs[0]['model']} ensemble of {len(runs)}", t0)
 
@@ -431,7 +514,7 @@ def is_unlabelled(data: str | Path) -> bool:
 
 def score_maps(run_dir: str | Path, data: str | Path, reference: str | Path | None = None,
                out_dir: str | Path | None = None, device: str = "auto", progress: bool = True,
-               force: bool = False) -> dict:
+               force: bool = False, calibration: str | Path | None = None) -> dict:
     """Score every map of the unlabelled file ``data`` (e.g. ``cmbscat scatter MAP.fits``'s
     output) with the run in ``run_dir``; write ``scores.json`` in ``out_dir`` (default: the run
     folder) and return what it holds.
@@ -442,7 +525,8 @@ def score_maps(run_dir: str | Path, data: str | Path, reference: str | Path | No
     ``reference`` scoring >= s (:func:`false_alarm_probability`; floor 1 / (1 + n)).
     ``reference``: a labelled file of the same kind as ``data`` with Gaussian maps, observed
     as the training data; default :func:`default_reference`. An f_NL estimator (``--target
-    fnl``) gives each map its f_NL estimate and sigma, and needs no reference.
+    fnl``) gives each map its f_NL estimate and sigma, and needs no reference; with
+    ``calibration`` they are read through its response (:func:`calibrate_estimates`).
 
     A network trained on data observed otherwise (beam, noise, mask) than ``data`` or the
     reference is refused in one line unless ``force`` (:func:`observation_mismatch`; what
@@ -454,11 +538,12 @@ def score_maps(run_dir: str | Path, data: str | Path, reference: str | Path | No
         raise CmbscatError(f"no such file: {data}")
     run = load_run(run_dir)  # a one-line error for a folder that is not a finished run, before any lock
     with OutputLock(Path(out_dir or run_dir) / "scores.json"):
-        return _score_maps(run_dir, run, data, reference, out_dir, device, progress, force, t0)
+        return _score_maps(run_dir, run, data, reference, out_dir, device, progress, force, t0,
+                           calibration)
 
 
 def _score_maps(run_dir, run: tuple[dict, Path], data, reference, out_dir, device: str, progress: bool,
-                force: bool, t0: float) -> dict:
+                force: bool, t0: float, calibration=None) -> dict:
     """The body of :func:`score_maps` (``run``: :func:`load_run`'s answer), called with the
     lock on its ``scores.json`` held."""
     from scipy.special import expit
@@ -475,8 +560,12 @@ def _score_maps(run_dir, run: tuple[dict, Path], data, reference, out_dir, devic
     if config.get("target", "label") == "fnl":
         if reference is not None:
             raise CmbscatError("--reference is for classifiers; an f_NL estimator's maps need none")
-        out = {**record, **_fnl_scores(*_fnl_estimates(config, saved, data, device, BATCH_SIZE, progress))}
+        mean, sigma, calibrated = calibrate_estimates(
+            *_fnl_estimates(config, saved, data, device, BATCH_SIZE, progress), data, calibration,
+            lambda path: _checked_fnl_estimates(run_dir, config, saved, path, device, progress, force))
+        out = {**record, **_fnl_scores(mean, sigma), **calibrated}
     else:
+        _refuse_calibration(run_dir, calibration)
         reference = default_reference(run_dir) if reference is None else Path(reference)
         if not reference.exists():
             raise CmbscatError(f"no such file: {reference} (--reference)")
@@ -520,7 +609,7 @@ def _fnl_scores(mean: np.ndarray, sigma: np.ndarray) -> dict:
 
 
 def score_maps_ensemble(run_dirs, data: str | Path, out_dir: str | Path, device: str = "auto",
-                        progress: bool = True, force: bool = False) -> dict:
+                        progress: bool = True, force: bool = False, calibration=None) -> dict:
     """Estimate f_NL +/- sigma of every map of the unlabelled file ``data`` with the ensemble
     of the f_NL runs ``run_dirs`` (:func:`ensemble_fnl_estimates`); write ``scores.json`` in
     ``out_dir`` (required: an ensemble belongs to no one run's folder) and return what it
@@ -531,8 +620,11 @@ def score_maps_ensemble(run_dirs, data: str | Path, out_dir: str | Path, device:
     with OutputLock(Path(out_dir) / "scores.json"):
         _unlabelled(data)
         mean, sigma, runs = ensemble_fnl_estimates(run_dirs, data, device, progress, force)
+        mean, sigma, calibrated = calibrate_estimates(
+            mean, sigma, data, calibration,
+            lambda path: ensemble_fnl_estimates(run_dirs, path, device, progress, force)[:2])
         out = {**_ensemble_record(runs), "data": str(data), "data_sha256": content_hash(data),
-               **_fnl_scores(mean, sigma),
+               **_fnl_scores(mean, sigma), **calibrated,
                "wall_seconds": time.time() - t0}
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(out_dir) / "scores.json", json.dumps(out, indent=2))

@@ -1,0 +1,131 @@
+"""Response calibration of f_NL estimators (cmbscat.experiment.fnl_calibration) and
+``cmbscat evaluate --calibrate`` on tiny maps."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cmbscat.cli import main
+from cmbscat.experiment.fnl_calibration import ResponseCalibration
+
+
+def _response(f):
+    """A response like the hybrid's: over-responding by ~2 at |f| = 40, less at 60."""
+    x = f / 60.0
+    return f + 0.2 + 2.3 * x + 1.1 * x ** 3 - 2.3 * x ** 5
+
+
+def test_fit_recovers_a_known_response_and_inverts_it():
+    rng = np.random.default_rng(0)
+    true = rng.uniform(-60, 60, 200000)
+    mean = _response(true) + rng.normal(0, 3.0, true.size)
+    calibration = ResponseCalibration.fit(true, mean, scale=60.0, domain=(-90.0, 90.0))
+    assert calibration.degree == 5 and calibration.n_maps == true.size
+    assert np.allclose(calibration.coefficients, [0.2, 2.3, 1.1, -2.3], atol=4 * np.array(calibration.errors))
+    grid = np.linspace(-60, 60, 121)
+    assert np.max(np.abs(calibration.response(grid) - _response(grid))) < 0.15
+    # the inverse, to rounding, and sigma through the slope
+    fnl, sigma = calibration.apply(calibration.response(grid), np.full(grid.size, 4.0))
+    assert np.max(np.abs(fnl - grid)) < 1e-9
+    step = 1e-4
+    slope = (calibration.response(grid + step) - calibration.response(grid - step)) / (2 * step)
+    assert np.allclose(calibration.slope(grid), slope, rtol=1e-7)
+    assert np.allclose(sigma, 4.0 / slope)
+    # corrected estimates are unbiased where the raw ones were not
+    test = np.repeat([-40.0, 40.0], 20000)
+    raw = _response(test) + rng.normal(0, 3.0, test.size)
+    corrected, _ = calibration.apply(raw, np.ones_like(raw))
+    assert abs(raw[test > 0].mean() - 40) > 1.5
+    assert abs(corrected[test > 0].mean() - 40) < 0.15 and abs(corrected[test < 0].mean() + 40) < 0.15
+
+
+def test_outside_the_domain_the_response_continues_by_its_tangent():
+    calibration = ResponseCalibration((0.0, 6.0, 0.0, 0.0), (0.0,) * 4, 60.0, (-90.0, 90.0), 100)
+    fnl, sigma = calibration.apply(np.array([0.0, 1.1 * 200.0, -1.1 * 200.0]), np.ones(3))
+    assert np.allclose(fnl, [0.0, 200.0, -200.0]) and np.allclose(sigma, 1 / 1.1)
+    again = ResponseCalibration.from_dict(json.loads(json.dumps(calibration.to_dict())))
+    assert again == calibration
+
+
+def test_a_response_without_an_inverse_is_refused():
+    true = np.linspace(-60, 60, 200)
+    with pytest.raises(ValueError, match="does not increase"):
+        ResponseCalibration.fit(true, -true)
+    with pytest.raises(ValueError, match="odd"):
+        ResponseCalibration.fit(true, true, degree=4)
+    with pytest.raises(ValueError, match="calibration maps"):
+        ResponseCalibration.fit(true[:4], true[:4])
+
+
+def test_cli_evaluate_calibrate(tmp_path):
+    """A run and an ensemble, on labelled and unlabelled maps: the estimates equal the raw
+    ones read through the response fitted on the calibration file's raw estimates. (The
+    cubic statistic's estimators: tiny networks respond too weakly for an invertible fit.)"""
+    import shutil
+
+    import h5py
+
+    from cmbscat.experiment.evaluate import predict_fnl
+    from cmbscat.experiment.fnl_estimators import ensemble_estimate
+    from cmbscat.experiment.train import TrainConfig, train
+    from cmbscat.sky.simulate import SimulationConfig, simulate
+    from cmbscat.stats.stage import compute_stats
+
+    files = {}
+    for split, n, seed, dist in (("train", 48, 5, "uniform:-1500,1500"), ("calib", 48, 7, "uniform:-1000,1000"),
+                                 ("test", 12, 6, "grid:-1000,0,1000")):
+        sims = tmp_path / f"sims_{split}.h5"
+        simulate(sims, SimulationConfig(n_maps=n, nside=32, lmax=63, fnl=0.0, seed=seed, store="alm",
+                                        fnl_dist=dist), progress=False)
+        files[split] = tmp_path / f"stats_{split}.h5"
+        compute_stats(sims, files[split], progress=False)
+    anchor = str(tmp_path / "anchor")
+    train(anchor, TrainConfig(data=str(files["train"]), model="cubic_fisher", target="fnl"))
+    runs = []
+    for seed in (0, 1):
+        runs.append(str(tmp_path / f"seed{seed}"))
+        train(runs[-1], TrainConfig(data=str(files["train"]), model="cubic", target="fnl", seed=seed),
+              progress=False)
+    true_calib = np.asarray(h5py.File(files["calib"], "r")["fnl"][:], dtype=np.float64)
+
+    def expected(run_dirs, data):
+        each = [[predict_fnl(r, path, progress=False) for r in run_dirs]
+                for path in (files["calib"], data)]
+        if len(run_dirs) == 1:
+            (calib_mean, _), (mean, sigma) = each[0][0], each[1][0]
+        else:
+            calib_mean, _ = ensemble_estimate(*(np.stack(v) for v in zip(*each[0])))
+            mean, sigma = ensemble_estimate(*(np.stack(v) for v in zip(*each[1])))
+        return ResponseCalibration.fit(true_calib, calib_mean).apply(mean, sigma)
+
+    runner = CliRunner()
+    user = tmp_path / "user_scat.h5"
+    shutil.copy(files["test"], user)
+    with h5py.File(user, "a") as f:
+        f["labels"][...] = -1
+    for name, run_dirs in (("one", [anchor]), ("ensemble", runs)):
+        out = tmp_path / name
+        r = runner.invoke(main, ["evaluate", *run_dirs, str(files["test"]), "--out", str(out),
+                                 "--calibrate", str(files["calib"]), "--no-progress"])
+        assert r.exit_code == 0, r.output
+        mean, sigma = expected(run_dirs, files["test"])
+        assert np.allclose(np.load(out / "predictions.npy"), np.stack([mean, sigma], 1))
+        record = json.loads((out / "metrics.json").read_text())["response_calibration"]
+        assert record["n_maps"] == 48 and record["file"] == str(files["calib"])
+        r = runner.invoke(main, ["evaluate", *run_dirs, str(user), "--out", str(tmp_path / f"{name}_user"),
+                                 "--calibrate", str(files["calib"]), "--no-progress"])
+        assert r.exit_code == 0, r.output
+        scores = json.loads((tmp_path / f"{name}_user" / "scores.json").read_text())
+        assert [m["fnl"] for m in scores["maps"]] == pytest.approx(mean)
+        assert "response_calibration" in scores
+
+    # refusals, one line each and no traceback
+    for args, message in (([runs[0], str(files["test"]), "--calibrate", str(files["test"])], "own noise"),
+                          ([runs[0], str(files["calib"]), "--out", str(tmp_path / "x"), "--calibrate",
+                            str(files["test"])], "at least 10"),
+                          ([runs[0], str(files["test"]), "--calibrate", str(tmp_path / "none.h5")],
+                           "no such file")):
+        r = runner.invoke(main, ["evaluate", *args, "--no-progress"])
+        assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output, (args, r.output)
