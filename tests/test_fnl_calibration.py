@@ -129,3 +129,47 @@ def test_cli_evaluate_calibrate(tmp_path):
                            "no such file")):
         r = runner.invoke(main, ["evaluate", *args, "--no-progress"])
         assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output, (args, r.output)
+
+
+def test_pipeline_calibrates_the_configured_models(tmp_path, monkeypatch):
+    """``"calibrate"`` with a calibration split: the table gains the calibrated ensemble,
+    equal to the response fitted on the seeds' evaluations on the calibration maps."""
+    from cmbscat.errors import CmbscatError
+    from cmbscat.experiment.fnl_report import ensemble_result, load_fnl_result
+    from cmbscat.experiment.pipeline import run_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    cfg = {"title": "tiny calibrated f_NL regression", "out": "out", "workers": 1, "target": "fnl",
+           "simulate": {"nside": 32, "lmax": 63, "store": "alm", "n_train": 48, "n_test": 12, "n_calib": 48,
+                        "seed_train": 1, "seed_test": 2, "seed_calib": 3,
+                        "fnl_dist_train": "uniform:-1500,1500", "fnl_dist_test": "grid:-1000,0,1000",
+                        "fnl_dist_calib": "uniform:-1000,1000"},
+           "scatter": {"depth": 2, "J0": 3},
+           "models": {"cubic_fisher": {}, "cubic": {"seeds": [0, 1]}},
+           "calibrate": ["cubic"]}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    text = run_pipeline(tmp_path / "c.json", device="cpu", progress=False).read_text()
+    names = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| cubic statistic S, MLP")]
+    assert names[:3] == ["| cubic statistic S, MLP regression",
+                         "| cubic statistic S, MLP regression, ensemble of 2 seeds",
+                         "| cubic statistic S, MLP regression, ensemble of 2 seeds, response calibrated on 48 maps"]
+    runs = [tmp_path / "out/runs/cubic" / f"seed{s}" for s in (0, 1)]
+    test = ensemble_result(load_fnl_result("cubic", [0, 1], runs, tmp_path / "out/stats_test.h5"))
+    calib = ensemble_result(load_fnl_result("cubic", [0, 1], [r / "calib" for r in runs],
+                                            tmp_path / "out/stats_calib.h5"))
+    response = ResponseCalibration.fit(calib.true, calib.predictions[0][:, 0])
+    mean, _ = response.apply(test.predictions[0][:, 0], test.predictions[0][:, 1])
+    row = next(line for line in text.splitlines() if "response calibrated" in line)
+    zero = test.true == 0
+    assert f"| {mean[zero].std(ddof=1):.2f} |" in row  # sigma at f_NL = 0 of the corrected estimates
+
+    # a config that cannot calibrate: one line
+    for change, message in (({"calibrate": ["hybrid"]}, "not among the config's models"),
+                            ({"simulate": {**cfg["simulate"], "n_calib": None}}, None)):
+        bad = {**cfg, **change}
+        if message is None:
+            del bad["simulate"]["n_calib"]
+            message = "simulate.n_calib"
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(CmbscatError, match=message):
+            run_pipeline(tmp_path / "bad.json", device="cpu", progress=False)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cmbscat.errors import CmbscatError
+
 #: The anchor every sigma is divided by.
 REFERENCE = "cubic_fisher"
 
@@ -40,12 +42,14 @@ class FnlResult:
     predictions: np.ndarray  # (n_seeds, n_test, 2) float64
     true: np.ndarray          # (n_test,) float64
     ensemble_of: int = 0      # > 0: one estimate combining this many seeds (:func:`ensemble_result`)
+    calibrated_on: int = 0    # > 0: read through the response fitted on this many maps (:func:`calibrated_result`)
 
     @property
     def name(self) -> str:
         """The method's name in tables."""
         name = METHOD_NAMES.get(self.model, self.model)
-        return f"{name}, ensemble of {self.ensemble_of} seeds" if self.ensemble_of else name
+        name = f"{name}, ensemble of {self.ensemble_of} seeds" if self.ensemble_of else name
+        return f"{name}, response calibrated on {self.calibrated_on} maps" if self.calibrated_on else name
 
     def seed_values(self, key: str) -> np.ndarray:
         """``metrics[key]`` per seed, with ``at_zero.`` keys read from the f_NL = 0 bin."""
@@ -83,6 +87,41 @@ def with_ensembles(by_model: dict[str, FnlResult]) -> dict[str, FnlResult]:
         out[key] = result
         if len(result.seeds) > 1 and not result.ensemble_of:
             out[f"{key} ensemble"] = ensemble_result(result)
+    return out
+
+
+def calibrated_result(test: FnlResult, calibration: FnlResult) -> FnlResult:
+    """``test``'s estimator (its seeds' ensemble when it has several) read through the response
+    fitted on its estimates of the calibration maps ``calibration`` (the same seeds;
+    :class:`cmbscat.experiment.fnl_calibration.ResponseCalibration`); the fit is in the
+    metrics under ``response_calibration``. A response without an inverse is refused in one line."""
+    from cmbscat.experiment.fnl_calibration import ResponseCalibration
+    from cmbscat.experiment.fnl_metrics import regression_metrics
+
+    if list(calibration.seeds) != list(test.seeds):
+        raise CmbscatError(f"{test.model}: calibration estimates of seeds {calibration.seeds}, "
+                           f"test estimates of {test.seeds}")
+    if len(test.seeds) > 1:
+        test, calibration = ensemble_result(test), ensemble_result(calibration)
+    try:
+        response = ResponseCalibration.fit(calibration.true, calibration.predictions[0][:, 0])
+    except ValueError as err:
+        raise CmbscatError(f"calibrating {test.model}: {err}") from None
+    mean, sigma = response.apply(test.predictions[0][:, 0], test.predictions[0][:, 1])
+    metrics = {**regression_metrics(test.true, mean, sigma), "response_calibration": response.to_dict()}
+    return FnlResult(test.model, list(test.seeds), [metrics], np.stack([mean, sigma], axis=1)[None],
+                     test.true, ensemble_of=test.ensemble_of, calibrated_on=response.n_maps)
+
+
+def with_calibrations(by_model: dict[str, FnlResult], calibrations: dict[str, FnlResult]) -> dict[str, FnlResult]:
+    """``by_model`` with, after each method in ``calibrations`` (and its ensemble), its
+    :func:`calibrated_result` (key ``"<model> calibrated"``)."""
+    out = {}
+    for key, result in by_model.items():
+        out[key] = result
+        model = key.removesuffix(" ensemble")
+        if model in calibrations and (key.endswith(" ensemble") or len(result.seeds) == 1):
+            out[f"{model} calibrated"] = calibrated_result(by_model[model], calibrations[model])
     return out
 
 

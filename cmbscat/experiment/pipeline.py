@@ -28,7 +28,11 @@ A config with ``"target": "fnl"`` estimates f_NL instead of classifying
 (``pipelines/fnl_regression.json``): each split's maps get their f_NL from
 ``simulate.fnl_dist_<split>`` (``cmbscat simulate --fnl-dist``), every model is
 trained with ``--target fnl``, and the table reads every sigma against the cubic
-statistic's (:mod:`cmbscat.experiment.fnl_report`).
+statistic's (:mod:`cmbscat.experiment.fnl_report`). With ``"calibrate": [MODEL, ...]``
+and a calibration split (``simulate.n_calib``, ``seed_calib``, ``fnl_dist_calib``: maps
+that play no other part), those models are also evaluated on the calibration maps, and
+the table adds each one's estimate (its seeds' ensemble) read through the response
+fitted there (:class:`cmbscat.experiment.fnl_calibration.ResponseCalibration`).
 """
 
 from __future__ import annotations
@@ -353,6 +357,24 @@ def model_seeds(settings: dict) -> list[int]:
     return [int(s) for s in seeds]
 
 
+def calibrated_models(cfg: dict, models: list[str]) -> list[str]:
+    """The models of ``models`` whose response the config calibrates (``"calibrate"``),
+    after checking that the config can: an f_NL config with a calibration split."""
+    names = cfg.get("calibrate", [])
+    if not names:
+        return []
+    if cfg.get("target") != "fnl":
+        raise CmbscatError("\"calibrate\" is for f_NL configs (\"target\": \"fnl\")")
+    unknown = sorted(set(names) - set(cfg["models"]))
+    if unknown:
+        raise CmbscatError(f"calibrate: {', '.join(unknown)} not among the config's models")
+    missing = [k for k in ("n_calib", "seed_calib", "fnl_dist_calib") if k not in cfg["simulate"]]
+    if missing:
+        raise CmbscatError(f"calibrate needs a calibration split: simulate.{', simulate.'.join(missing)} "
+                           "(maps at many f_NL values that play no other part, e.g. uniform:-80,80)")
+    return [m for m in models if m in names]
+
+
 def _split_sizes(sim: dict, split: str) -> tuple[int, int]:
     key = "sealed" if split == "sealed" else split
     return int(sim[f"n_{key}"]), int(sim[f"seed_{key}"])
@@ -634,9 +656,10 @@ def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool =
     table.parent.mkdir(parents=True, exist_ok=True)
     timings = Runner(Path(cfg["out"])).timings
     if cfg.get("target") == "fnl":
-        from cmbscat.experiment.fnl_report import fnl_table, plot_fnl_methods, with_ensembles
+        from cmbscat.experiment.fnl_report import (fnl_table, plot_fnl_methods, with_calibrations,
+                                                   with_ensembles)
 
-        by_model = with_ensembles(results["test"])
+        by_model = with_calibrations(with_ensembles(results["test"]), results.get("calib", {}))
         atomic_write_text(table, fnl_table(cfg, by_model, timings))
         plot_fnl_methods(table.with_suffix(".png"), by_model)
     else:
@@ -666,9 +689,10 @@ def run_experiment(cfg: dict, device: str = "auto", progress: bool = True,
     exp.out.mkdir(parents=True, exist_ok=True)
     runner = Runner(exp.out, rerun_changed)
     splits = ("test", "sealed") if sealed else ("test",)
+    calibrated = calibrated_models(cfg, models)
     stages: dict[str, Stage] = {}
     for model in models:
-        for stage in exp.chain(model, splits):
+        for stage in exp.chain(model, splits + (("calib",) if model in calibrated else ())):
             stages.setdefault(stage.name, stage)  # per-map stages are shared between models
     runner.refuse_changed(list(stages.values()))
     # per-map stages first, then every training side by side, then the evaluations
@@ -681,7 +705,10 @@ def run_experiment(cfg: dict, device: str = "auto", progress: bool = True,
     for stage in evaluations:
         runner.settle(stage)
     load = _load_fnl_result if cfg.get("target") == "fnl" else _load_result
-    return {split: {m: load(exp, m, split) for m in models} for split in splits}
+    results = {split: {m: load(exp, m, split) for m in models} for split in splits}
+    if calibrated:
+        results["calib"] = {m: load(exp, m, "calib") for m in calibrated}
+    return results
 
 
 def current_results(cfg: dict, split: str = "test") -> dict[str, ModelResult]:
