@@ -1,7 +1,7 @@
 """The sixth f_NL run: the fifth run's hybrid ensemble with its response calibrated on new maps.
 
     python benchmarks/fnl_response_calibration.py [--calibration docs/fnl_calibration]
-        [--run results/fnl_regression]
+        [--run results/fnl_regression_fifth]
 
 Reads the ensemble's estimates on the calibration maps (``truth.npy``: true f_NL and seed
 per map; ``predictions.npy``: the ensemble's (mean, sigma); ``per_seed.npy``: each seed's,
@@ -49,7 +49,8 @@ def row(label: str, result: FnlResult, anchor: FnlResult, anchor_sigma: float) -
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calibration", type=Path, default=Path("docs/fnl_calibration"))
-    parser.add_argument("--run", type=Path, default=Path("results/fnl_regression"))
+    parser.add_argument("--run", type=Path, default=Path("results/fnl_regression_fifth"),
+                        help="the fifth run's folder (its scat_test.h5 and runs/*/seed*/ evaluations)")
     args = parser.parse_args(argv)
     true = np.load(args.calibration / "truth.npy")[:, 0]
     ensemble_calib = np.load(args.calibration / "predictions.npy")
