@@ -229,7 +229,7 @@ def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path | None =
     refused in one line unless ``force`` (:func:`observation_mismatch`); the metrics then
     say what differed (``observation_differs``). One evaluation writes into a folder at a
     time: a second one is refused at start (:class:`cmbscat.lock.OutputLock` on
-    ``metrics.json``). ``calibration`` (f_NL estimators only): see :func:`calibrate_estimates`.
+    ``metrics.json``). ``calibration`` (f_NL estimators only): see :func:`response_calibration`.
     """
     t0 = time.time()
     if not Path(data).exists():
@@ -282,13 +282,13 @@ def evaluate_fnl(run_dir, data, config: dict, out_dir, device: str, progress: bo
     ``predictions.npy`` (float64 (N, 2): mean, sigma) and ``fnl.png``. ``saved``: the run's
     model as :func:`load_saved` reads it; ``forced``: what :func:`evaluate` found different in
     the observation and was told to accept (added to the metrics); ``calibration``: see
-    :func:`calibrate_estimates`. The caller holds the output's lock (:func:`evaluate` does)."""
+    :func:`response_calibration`. The caller holds the output's lock (:func:`evaluate` does)."""
     true = _true_fnl(data)
     record = evaluation_record(run_dir, data)
-    mean, sigma = _fnl_estimates(config, saved, data, device, BATCH_SIZE, progress)
-    mean, sigma, calibrated = calibrate_estimates(
-        mean, sigma, data, calibration,
+    response, calibrated = response_calibration(
+        data, calibration,
         lambda path: _checked_fnl_estimates(run_dir, config, saved, path, device, progress, force))
+    mean, sigma = _corrected(response, *_fnl_estimates(config, saved, data, device, BATCH_SIZE, progress))
     return _write_fnl_evaluation(Path(out_dir) if out_dir else Path(run_dir), true, mean, sigma,
                                  {"target": "fnl", "model": config["model"], "seed": config.get("seed"),
                                   "test_file": str(data), **record, **forced, **calibrated},
@@ -326,31 +326,31 @@ def _true_fnl(data) -> np.ndarray:
 MIN_CALIBRATION_VALUES = 10
 
 
-def calibrate_estimates(mean: np.ndarray, sigma: np.ndarray, data, calibration, estimate) -> tuple:
-    """Read f_NL estimates through the estimator's response fitted on ``calibration``.
+def response_calibration(data, calibration, estimate) -> tuple:
+    """The estimator's response fitted on ``calibration``, checked and fitted before the
+    maps of ``data`` are estimated (so a bad calibration file is refused at once).
 
     Parameters
     ----------
-    mean, sigma : (N,) float64
-        The estimator's mean and sigma on the maps of ``data``.
     data : path
-        The file they came from (refused as its own calibration).
+        The file whose estimates will be corrected (refused as its own calibration).
     calibration : path or None
         Labelled file of the same kind, maps at many f_NL values (e.g. ``cmbscat simulate
-        --fnl-dist uniform:-60,60``), observed as the training data; None: no calibration.
+        --fnl-dist uniform:-80,80``) that play no other part, observed as the training data;
+        None: no calibration.
     estimate : callable
-        ``estimate(path) -> (mean, sigma)``: the same estimator on another file.
+        ``estimate(path) -> (mean, sigma)``: the estimator on a file.
 
     Returns
     -------
-    (mean, sigma, record) : corrected estimates (:meth:`ResponseCalibration.apply`) and a
-    dict ``{"response_calibration": {...}}`` for metrics.json / scores.json (empty when
-    ``calibration`` is None).
+    (response, record) : the :class:`~cmbscat.experiment.fnl_calibration.ResponseCalibration`
+    (``response.apply(mean, sigma)`` corrects estimates) and ``{"response_calibration": {...}}``
+    for metrics.json / scores.json; ``(None, {})`` when ``calibration`` is None.
     """
     from cmbscat.experiment.fnl_calibration import ResponseCalibration
 
     if calibration is None:
-        return mean, sigma, {}
+        return None, {}
     if not Path(calibration).exists():
         raise CmbscatError(f"no such file: {calibration} (--calibrate)")
     calibration_hash = content_hash(calibration)
@@ -361,15 +361,19 @@ def calibrate_estimates(mean: np.ndarray, sigma: np.ndarray, data, calibration, 
     if np.unique(true).size < MIN_CALIBRATION_VALUES:
         raise CmbscatError(f"--calibrate {calibration} has maps at {np.unique(true).size} f_NL values; "
                            f"fitting the response needs at least {MIN_CALIBRATION_VALUES} (e.g. "
-                           "cmbscat simulate --fnl-dist uniform:-60,60)")
+                           "cmbscat simulate --fnl-dist uniform:-80,80)")
     calibration_mean, _ = estimate(calibration)
     try:
         response = ResponseCalibration.fit(true, calibration_mean)
     except ValueError as err:
         raise CmbscatError(f"--calibrate {calibration}: {err}") from None
-    mean, sigma = response.apply(mean, sigma)
-    return mean, sigma, {"response_calibration": {**response.to_dict(), "file": str(calibration),
-                                                  "sha256": calibration_hash}}
+    return response, {"response_calibration": {**response.to_dict(), "file": str(calibration),
+                                               "sha256": calibration_hash}}
+
+
+def _corrected(response, mean: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, sigma)`` read through ``response`` (unchanged when it is None)."""
+    return (mean, sigma) if response is None else response.apply(mean, sigma)
 
 
 def _write_fnl_evaluation(out: Path, true: np.ndarray, mean: np.ndarray, sigma: np.ndarray, record: dict,
@@ -448,17 +452,17 @@ def evaluate_ensemble(run_dirs, data: str | Path, out_dir: str | Path, device: s
     the labelled test file ``data``: ``metrics.json`` (as :func:`evaluate` writes for one
     run, with ``ensemble_of``: each run, its seed and model hash, and ``test_sha256``),
     ``predictions.npy`` and ``fnl.png`` in ``out_dir``, which must be given (an ensemble
-    belongs to no one run's folder); ``calibration``: see :func:`calibrate_estimates`.
+    belongs to no one run's folder); ``calibration``: see :func:`response_calibration`.
     Returns the metrics."""
     t0 = time.time()
     if not Path(data).exists():
         raise CmbscatError(f"no such file: {data}")
     with OutputLock(Path(out_dir) / "metrics.json"):
         true = _true_fnl(data)
+        response, calibrated = response_calibration(
+            data, calibration, lambda path: ensemble_fnl_estimates(run_dirs, path, device, progress, force)[:2])
         mean, sigma, runs = ensemble_fnl_estimates(run_dirs, data, device, progress, force)
-        mean, sigma, calibrated = calibrate_estimates(
-            mean, sigma, data, calibration,
-            lambda path: ensemble_fnl_estimates(run_dirs, path, device, progress, force)[:2])
+        mean, sigma = _corrected(response, mean, sigma)
         record = {"target": "fnl", **_ensemble_record(runs), "test_file": str(data),
                   "test_sha256": content_hash(data), **calibrated}
         return _write_fnl_evaluation(Path(out_dir), true, mean, sigma, record,
@@ -526,7 +530,7 @@ def score_maps(run_dir: str | Path, data: str | Path, reference: str | Path | No
     ``reference``: a labelled file of the same kind as ``data`` with Gaussian maps, observed
     as the training data; default :func:`default_reference`. An f_NL estimator (``--target
     fnl``) gives each map its f_NL estimate and sigma, and needs no reference; with
-    ``calibration`` they are read through its response (:func:`calibrate_estimates`).
+    ``calibration`` they are read through its response (:func:`response_calibration`).
 
     A network trained on data observed otherwise (beam, noise, mask) than ``data`` or the
     reference is refused in one line unless ``force`` (:func:`observation_mismatch`; what
@@ -560,9 +564,10 @@ def _score_maps(run_dir, run: tuple[dict, Path], data, reference, out_dir, devic
     if config.get("target", "label") == "fnl":
         if reference is not None:
             raise CmbscatError("--reference is for classifiers; an f_NL estimator's maps need none")
-        mean, sigma, calibrated = calibrate_estimates(
-            *_fnl_estimates(config, saved, data, device, BATCH_SIZE, progress), data, calibration,
+        response, calibrated = response_calibration(
+            data, calibration,
             lambda path: _checked_fnl_estimates(run_dir, config, saved, path, device, progress, force))
+        mean, sigma = _corrected(response, *_fnl_estimates(config, saved, data, device, BATCH_SIZE, progress))
         out = {**record, **_fnl_scores(mean, sigma), **calibrated}
     else:
         _refuse_calibration(run_dir, calibration)
@@ -619,10 +624,10 @@ def score_maps_ensemble(run_dirs, data: str | Path, out_dir: str | Path, device:
         raise CmbscatError(f"no such file: {data}")
     with OutputLock(Path(out_dir) / "scores.json"):
         _unlabelled(data)
+        response, calibrated = response_calibration(
+            data, calibration, lambda path: ensemble_fnl_estimates(run_dirs, path, device, progress, force)[:2])
         mean, sigma, runs = ensemble_fnl_estimates(run_dirs, data, device, progress, force)
-        mean, sigma, calibrated = calibrate_estimates(
-            mean, sigma, data, calibration,
-            lambda path: ensemble_fnl_estimates(run_dirs, path, device, progress, force)[:2])
+        mean, sigma = _corrected(response, mean, sigma)
         out = {**_ensemble_record(runs), "data": str(data), "data_sha256": content_hash(data),
                **_fnl_scores(mean, sigma), **calibrated,
                "wall_seconds": time.time() - t0}
