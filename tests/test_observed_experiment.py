@@ -61,3 +61,23 @@ def test_observations_config_refuses_scan(tmp_path):
     path = tmp_path / "observed.json"
     path.write_text(json.dumps(tiny_config(tmp_path)))
     assert_one_line_error(run_cli("pipeline", str(path), "--scan"), "observations")
+
+
+def test_observed_table_rows_have_the_header_s_columns():
+    """One setting or three: every row of the table has as many cells as its header."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from cmbscat.experiment.observed_experiment import observed_table
+
+    result = SimpleNamespace(accuracies=np.array([0.9, 0.8]), labels=np.zeros(100))
+    for names in (["full sky"], ["full sky", "beam", "mask"]):
+        cfg = {"simulate": {"lmax": 63, "nside": 32, "fnl": 30, "n_train": 10, "n_test": 100,
+                            "seed_train": 1, "seed_test": 2},
+               "observations": {n: {} for n in names}, "models": {"hybrid": {}, "cubic": {}}}
+        transfers = {n: {"hybrid": {"accuracy": 0.5, "gaussian_called_non_gaussian": 1.0}} for n in names[1:]}
+        table = observed_table(cfg, {n: {"hybrid": result, "cubic": result} for n in names}, transfers)
+        rows = [line for line in table.splitlines() if line.startswith("|")]
+        assert len(rows) == 4
+        assert {row.count("|") for row in rows} == {1 + 1 + len(names) + 2 * (len(names) - 1)}, rows
