@@ -137,7 +137,7 @@ class ResponseCalibration:
         inside = ~(lo | hi)
         for _ in range(2):
             fnl[inside] -= (self.response(fnl[inside]) - mean[inside]) / self.slope(fnl[inside])
-        slope = np.where(inside, self.slope(fnl), self.slope(np.clip(fnl, *self.domain)))
+        slope = self.slope(np.clip(fnl, *self.domain))  # outside: the tangent's, at the end
         return fnl, np.asarray(sigma, dtype=np.float64) / slope
 
     def to_dict(self) -> dict:

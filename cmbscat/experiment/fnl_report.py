@@ -96,7 +96,6 @@ def calibrated_result(test: FnlResult, calibration: FnlResult) -> FnlResult:
     :class:`cmbscat.experiment.fnl_calibration.ResponseCalibration`); the fit is in the
     metrics under ``response_calibration``. A response without an inverse is refused in one line."""
     from cmbscat.experiment.fnl_calibration import ResponseCalibration
-    from cmbscat.experiment.fnl_metrics import regression_metrics
 
     if list(calibration.seeds) != list(test.seeds):
         raise CmbscatError(f"{test.model}: calibration estimates of seeds {calibration.seeds}, "
@@ -107,10 +106,19 @@ def calibrated_result(test: FnlResult, calibration: FnlResult) -> FnlResult:
         response = ResponseCalibration.fit(calibration.true, calibration.predictions[0][:, 0])
     except ValueError as err:
         raise CmbscatError(f"calibrating {test.model}: {err}") from None
-    mean, sigma = response.apply(test.predictions[0][:, 0], test.predictions[0][:, 1])
-    metrics = {**regression_metrics(test.true, mean, sigma), "response_calibration": response.to_dict()}
-    return FnlResult(test.model, list(test.seeds), [metrics], np.stack([mean, sigma], axis=1)[None],
-                     test.true, ensemble_of=test.ensemble_of, calibrated_on=response.n_maps)
+    return read_through(test, response)
+
+
+def read_through(result: FnlResult, response) -> FnlResult:
+    """``result``'s first (or only) estimator read through ``response`` (a
+    :class:`~cmbscat.experiment.fnl_calibration.ResponseCalibration`), with its metrics
+    and the fit under ``response_calibration``."""
+    from cmbscat.experiment.fnl_metrics import regression_metrics
+
+    mean, sigma = response.apply(result.predictions[0][:, 0], result.predictions[0][:, 1])
+    metrics = {**regression_metrics(result.true, mean, sigma), "response_calibration": response.to_dict()}
+    return FnlResult(result.model, list(result.seeds), [metrics], np.stack([mean, sigma], axis=1)[None],
+                     result.true, ensemble_of=result.ensemble_of, calibrated_on=response.n_maps)
 
 
 def with_calibrations(by_model: dict[str, FnlResult], calibrations: dict[str, FnlResult]) -> dict[str, FnlResult]:
