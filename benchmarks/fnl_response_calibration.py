@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from cmbscat.experiment.fnl_calibration import ResponseCalibration
-from cmbscat.experiment.fnl_report import (FnlResult, ensemble_result, load_fnl_result,
-                                           pooled_paired_bias, read_through)
+from cmbscat.experiment.fnl_report import (FnlResult, ensemble_result, largest_bias_in_sigma,
+                                           load_fnl_result, pooled_paired_bias, read_through)
 
 
 def row(label: str, result: FnlResult, anchor: FnlResult, anchor_sigma: float) -> str:
     m = result.metrics[0]
     pooled = pooled_paired_bias(result, anchor)
-    worst = max(abs(p["bias"]) / p["sigma_fnl"] for p in pooled)
+    worst = largest_bias_in_sigma(pooled)
     cells = " | ".join(f"{p['bias']:+.2f} ± {p['bias_error']:.2f} ({p['bias'] / p['sigma_fnl']:+.3f})"
                        for p in pooled)
     sigma0 = m["at_zero"]["sigma_fnl"]

@@ -177,14 +177,14 @@ def predict_fnl(run_dir: str | Path, data: str | Path, device: str = "auto", bat
                 progress: bool = True, force: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(mean, sigma) of f_NL (float64 (N,) each) of every map of ``data`` from a run
     trained with ``--target fnl``; sigma includes the run's validation calibration.
-    A run trained on data observed otherwise than ``data`` is refused in one line unless
-    ``force`` (:func:`observation_mismatch`)."""
+    A file of the wrong kind for the run's model, and a run trained on data observed
+    otherwise than ``data`` (unless ``force``, :func:`observation_mismatch`), are refused
+    in one line."""
     config, model_path = load_run(run_dir)
     if config.get("target", "label") != "fnl":
         raise CmbscatError(f"{run_dir} is a classifier (trained with --target label), not an f_NL estimator")
     saved = load_saved(config, model_path)
-    observation_mismatch(run_dir, saved, data, force)  # before the inputs are read
-    return _fnl_estimates(config, saved, data, device, batch_size, progress)
+    return _checked_fnl_estimates(run_dir, config, saved, data, device, progress, force, batch_size)
 
 
 def predict(run_dir: str | Path, data: str | Path, device: str = "auto", batch_size: int = BATCH_SIZE,
@@ -302,12 +302,13 @@ def _refuse_calibration(run_dir, calibration) -> None:
 
 
 def _checked_fnl_estimates(run_dir, config: dict, saved: dict, data, device: str, progress: bool,
-                           force: bool) -> tuple[np.ndarray, np.ndarray]:
-    """One run's f_NL estimates on another file (a calibration file), after the checks the
-    test file had: its kind and its observation against the training data's."""
+                           force: bool, batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """One run's f_NL estimates on ``data`` (a user's file, a calibration file) after the
+    checks, before any input is read: the file's kind, its observation against the
+    training data's."""
     require_kind(data, MODEL_INPUTS[config["model"]], f"estimating with --model {config['model']}")
     observation_mismatch(run_dir, saved, data, force)
-    return _fnl_estimates(config, saved, data, device, BATCH_SIZE, progress)
+    return _fnl_estimates(config, saved, data, device, batch_size, progress)
 
 
 def _true_fnl(data) -> np.ndarray:
@@ -409,8 +410,12 @@ def ensemble_fnl_estimates(run_dirs, data, device: str = "auto", progress: bool 
     trained on data observed as ``data`` (else refused in one line unless ``force``); at
     least two runs, since one run needs no ensemble.
     """
-    from cmbscat.experiment.fnl_estimators import ensemble_estimate
+    return _ensemble_on(_ensemble_members(run_dirs), data, device, progress, force)
 
+
+def _ensemble_members(run_dirs) -> list[tuple[Path, dict, Path, dict]]:
+    """The runs of an ensemble, checked (see :func:`ensemble_fnl_estimates`) and loaded once:
+    per run (folder, config, model path, saved model)."""
     run_dirs = [Path(r) for r in run_dirs]
     if len(run_dirs) < 2:
         raise CmbscatError("an ensemble needs at least two runs (one run is evaluated on its own)")
@@ -424,12 +429,21 @@ def ensemble_fnl_estimates(run_dirs, data, device: str = "auto", progress: bool 
         if config.get("target", "label") != "fnl":
             raise CmbscatError(f"{run_dir} is a classifier (trained with --target label); ensembles "
                                "combine f_NL estimators (--target fnl)")
-    require_kind(data, MODEL_INPUTS[models[0]], f"evaluating --model {models[0]}")
-    saved_runs = [load_saved(config, model_path) for config, model_path in runs]
+    return [(run_dir, config, model_path, load_saved(config, model_path))
+            for run_dir, (config, model_path) in zip(run_dirs, runs)]
+
+
+def _ensemble_on(members: list, data, device: str, progress: bool,
+                 force: bool) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """:func:`ensemble_fnl_estimates` with the runs already loaded (:func:`_ensemble_members`)."""
+    from cmbscat.experiment.fnl_estimators import ensemble_estimate
+
+    model = members[0][1]["model"]
+    require_kind(data, MODEL_INPUTS[model], f"evaluating --model {model}")
     # every run's observation is checked before any input is read
-    mismatches = [observation_mismatch(r, saved, data, force) for r, saved in zip(run_dirs, saved_runs)]
+    mismatches = [observation_mismatch(run_dir, saved, data, force) for run_dir, _, _, saved in members]
     means, sigmas, records = [], [], []
-    for run_dir, (config, model_path), saved, mismatch in zip(run_dirs, runs, saved_runs, mismatches):
+    for (run_dir, config, model_path, saved), mismatch in zip(members, mismatches):
         mean, sigma = _fnl_estimates(config, saved, data, device, BATCH_SIZE, progress)
         means.append(mean)
         sigmas.append(sigma)
@@ -459,9 +473,10 @@ def evaluate_ensemble(run_dirs, data: str | Path, out_dir: str | Path, device: s
         raise CmbscatError(f"no such file: {data}")
     with OutputLock(Path(out_dir) / "metrics.json"):
         true = _true_fnl(data)
+        members = _ensemble_members(run_dirs)  # loaded once for the calibration and the test file
         response, calibrated = response_calibration(
-            data, calibration, lambda path: ensemble_fnl_estimates(run_dirs, path, device, progress, force)[:2])
-        mean, sigma, runs = ensemble_fnl_estimates(run_dirs, data, device, progress, force)
+            data, calibration, lambda path: _ensemble_on(members, path, device, progress, force)[:2])
+        mean, sigma, runs = _ensemble_on(members, data, device, progress, force)
         mean, sigma = _corrected(response, mean, sigma)
         record = {"target": "fnl", **_ensemble_record(runs), "test_file": str(data),
                   "test_sha256": content_hash(data), **calibrated}

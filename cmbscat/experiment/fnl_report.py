@@ -252,6 +252,11 @@ def pooled_paired_bias(result: FnlResult, reference: FnlResult) -> list[dict]:
     return out
 
 
+def largest_bias_in_sigma(rows: list[dict]) -> float:
+    """max |bias| / sigma_fnl over the rows of :func:`paired_bias` or :func:`pooled_paired_bias`."""
+    return max(abs(r["bias"]) / r["sigma_fnl"] for r in rows)
+
+
 def paired_bias_table(by_model: dict[str, FnlResult]) -> list[str]:
     """Markdown lines: each method's :func:`paired_bias` per true f_NL, and the largest |bias| / sigma."""
     reference = by_model[REFERENCE]
@@ -264,7 +269,7 @@ def paired_bias_table(by_model: dict[str, FnlResult]) -> list[str]:
         if model == REFERENCE:
             continue
         rows = paired_bias(result, reference)
-        worst = max(abs(r["bias"]) / r["sigma_fnl"] for r in rows)
+        worst = largest_bias_in_sigma(rows)
         lines.append(f"| {result.name} | " + " | ".join(
             f"{r['bias']:+.2f} ± {r['bias_error']:.2f}" for r in rows) + f" | {worst:.2f} |")
     lines.append("")
@@ -279,7 +284,7 @@ def paired_bias_table(by_model: dict[str, FnlResult]) -> list[str]:
               + " | largest abs(bias) / sigma |",
               "|---|" + "---|" * (len(magnitudes) + 1)]
     for name, rows in pooled.items():
-        worst = max(abs(r["bias"]) / r["sigma_fnl"] for r in rows)
+        worst = largest_bias_in_sigma(rows)
         lines.append(f"| {by_model[name].name} | " + " | ".join(
             f"{r['bias']:+.2f} ± {r['bias_error']:.2f} ({r['bias'] / r['sigma_fnl']:+.3f})" for r in rows)
             + f" | {worst:.3f} |")
