@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fnl_test_reading import row  # benchmarks/ is this script's folder
+from fnl_test_reading import hybrid_seeds, load_calibration, load_test_set, row  # benchmarks/: this script's folder
 
 from cmbscat.experiment.fnl_calibration import ResponseCalibration
-from cmbscat.experiment.fnl_report import ensemble_result, load_fnl_result, read_through
+from cmbscat.experiment.fnl_report import ensemble_result, read_through
 
 
 def main(argv=None) -> None:
@@ -33,9 +33,7 @@ def main(argv=None) -> None:
     parser.add_argument("--anchor-calib", type=Path, default=Path("results/fnl_paired/anchor_calib"))
     parser.add_argument("--test", type=Path, nargs="+", default=[Path("results/fnl_regression")])
     args = parser.parse_args(argv)
-    seeds = sorted(int(p.name[4:]) for p in (args.run / "runs/hybrid").glob("seed[0-9]*") if p.is_dir())
-    calib = ensemble_result(load_fnl_result("hybrid", seeds, [args.run / f"runs/hybrid/seed{s}/calib"
-                                                              for s in seeds], args.run / "scat_calib.h5"))
+    calib = ensemble_result(load_calibration(args.run, hybrid_seeds(args.run)))
     anchor_estimates = np.load(args.anchor_calib / "predictions.npy")[:, 0]
     true, mean = calib.true, calib.predictions[0][:, 0]
     fits = {"against the truth (the pipeline's)": ResponseCalibration.fit(true, mean),
@@ -45,10 +43,8 @@ def main(argv=None) -> None:
         print(f"{name}: r(f) - f at 20, 40, 60 = " + ", ".join(f"{b:+.2f}" for b in fit.bias(grid))
               + "; coefficients " + ", ".join(f"{c:+.3f} ± {e:.3f}" for c, e in zip(fit.coefficients, fit.errors)))
     for test_dir in args.test:
-        dirs = [test_dir / f"runs/hybrid/seed{s}" for s in seeds]
-        hybrid = ensemble_result(load_fnl_result("hybrid", seeds, dirs, test_dir / "scat_test.h5"))
-        anchor = load_fnl_result("cubic_fisher", [0], [test_dir / "runs/cubic_fisher/seed0"],
-                                 test_dir / "stats_test.h5")
+        _, hybrid, anchor = load_test_set(test_dir)
+        hybrid = ensemble_result(hybrid)
         sigma = anchor.metrics[0]["at_zero"]["sigma_fnl"]
         print(f"\n{test_dir} ({hybrid.true.size} maps)\n")
         print("| estimator | sigma at 0 | ratio | coverage 68 (count) / 95 % | paired bias / sigma per bin "

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cmbscat.experiment.fnl_report import (calibrated_result, ensemble_result, largest_bias_in_sigma,
-                                           load_fnl_result, paired_bias, pooled_paired_bias)
+from cmbscat.experiment.fnl_report import (FnlResult, calibrated_result, ensemble_result,
+                                           largest_bias_in_sigma, load_fnl_result, paired_bias,
+                                           pooled_paired_bias)
 
 
 def row(label: str, result, anchor, anchor_sigma: float) -> str:
@@ -35,19 +36,37 @@ def row(label: str, result, anchor, anchor_sigma: float) -> str:
             + " ".join(f"{r['bias'] / r['sigma_fnl']:+.3f}" for r in odd) + f" | {largest_bias_in_sigma(odd):.3f} |")
 
 
+def hybrid_seeds(folder: Path) -> list[int]:
+    """The seeds of the hybrid runs or evaluations in ``folder/runs/hybrid/seed*/`` (folders only:
+    a training's ``seedK.lock`` sits beside them)."""
+    return sorted(int(p.name[4:]) for p in (folder / "runs/hybrid").glob("seed[0-9]*") if p.is_dir())
+
+
+def load_test_set(test_dir: Path) -> tuple[list[int], FnlResult, FnlResult]:
+    """(seeds, each hybrid seed's estimates, the anchor's) on the test set in ``test_dir``
+    (``scat_test.h5``, ``stats_test.h5``, ``runs/hybrid/seed*/``, ``runs/cubic_fisher/seed0/``)."""
+    seeds = hybrid_seeds(test_dir)
+    hybrid = load_fnl_result("hybrid", seeds, [test_dir / f"runs/hybrid/seed{s}" for s in seeds],
+                             test_dir / "scat_test.h5")
+    anchor = load_fnl_result("cubic_fisher", [0], [test_dir / "runs/cubic_fisher/seed0"],
+                             test_dir / "stats_test.h5")
+    return seeds, hybrid, anchor
+
+
+def load_calibration(run: Path, seeds: list[int]) -> FnlResult:
+    """Each hybrid seed's estimates of the f_NL run's calibration maps (``runs/hybrid/seed*/calib``)."""
+    return load_fnl_result("hybrid", seeds, [run / f"runs/hybrid/seed{s}/calib" for s in seeds],
+                           run / "scat_calib.h5")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, default=Path("results/fnl_regression"))
     parser.add_argument("--test", type=Path, default=None)
     args = parser.parse_args(argv)
     test_dir = args.test or args.run
-    seed_dirs = sorted((test_dir / "runs/hybrid").glob("seed[0-9]*"), key=lambda p: int(p.name[4:]))
-    seeds = [int(p.name[4:]) for p in seed_dirs]
-    hybrid = load_fnl_result("hybrid", seeds, seed_dirs, test_dir / "scat_test.h5")
-    calib = load_fnl_result("hybrid", seeds, [args.run / f"runs/hybrid/seed{s}/calib" for s in seeds],
-                            args.run / "scat_calib.h5")
-    anchor = load_fnl_result("cubic_fisher", [0], [test_dir / "runs/cubic_fisher/seed0"],
-                             test_dir / "stats_test.h5")
+    seeds, hybrid, anchor = load_test_set(test_dir)
+    calib = load_calibration(args.run, seeds)
     anchor_sigma = anchor.metrics[0]["at_zero"]["sigma_fnl"]
     values = np.unique(hybrid.true)
     print(f"test maps: {hybrid.true.size} ({test_dir / 'scat_test.h5'}), f_NL values {values.tolist()}; "
