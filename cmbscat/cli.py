@@ -439,8 +439,17 @@ def train(data, run_dir, model, epochs, batch_size, lr, weight_decay, val_fracti
                    "E[estimate | f_NL] is fitted there (f_NL plus a constant and odd powers up to 5) "
                    "and every estimate on TEST is read through its inverse, sigma divided by its "
                    "slope; metrics.json or scores.json records the fit (response_calibration).")
+@click.option("--calibrate-against", "calibration_reference", nargs=2, default=None,
+              type=(click.Path(file_okay=False), click.Path(dir_okay=False)), metavar="RUN_DIR STATS.h5",
+              help="With --calibrate: fit the response against an unbiased f_NL estimator's "
+                   "estimates of the same maps instead of their true f_NL (the paired fit: the "
+                   "scatter the maps' own realisations put into both cancels, so the same maps "
+                   "fit it more precisely). RUN_DIR: a run trained with --model cubic_fisher "
+                   "--target fnl (the cubic statistic's S / F); STATS.h5: `cmbscat stats` of the "
+                   "calibration maps' sims (the same /seeds and /fnl as CALIB.h5).")
 @_progress_option
-def evaluate(run_dirs, test, out_dir, device, force, reference, calibration, progress):
+def evaluate(run_dirs, test, out_dir, device, force, reference, calibration, calibration_reference,
+             progress):
     """Score the run in RUN_DIR on the labelled maps of TEST, or on a user's maps.
 
     Writes metrics.json (accuracy with its 68 % Wilson interval, ROC AUC, confusion
@@ -464,11 +473,17 @@ def evaluate(run_dirs, test, out_dir, device, force, reference, calibration, pro
     --out is then required.
 
     --calibrate CALIB.h5 corrects an f_NL estimator's (or ensemble's) response, measured
-    on simulations with known f_NL (cmbscat.experiment.fnl_calibration).
+    on simulations with known f_NL (cmbscat.experiment.fnl_calibration), against their
+    true f_NL or, with --calibrate-against, against the cubic statistic's estimates of them.
     """
     from cmbscat.experiment.evaluate import evaluate as run
-    from cmbscat.experiment.evaluate import (evaluate_ensemble, is_unlabelled, score_maps,
-                                             score_maps_ensemble)
+    from cmbscat.experiment.evaluate import (CalibrationMaps, evaluate_ensemble, is_unlabelled,
+                                             score_maps, score_maps_ensemble)
+
+    if calibration_reference:
+        if calibration is None:
+            raise CmbscatError("--calibrate-against needs --calibrate CALIB.h5 (the maps it estimates)")
+        calibration = CalibrationMaps(calibration, *calibration_reference)
 
     unlabelled = _is_stage_file(test) and is_unlabelled(test)
     if len(run_dirs) > 1:

@@ -41,6 +41,27 @@ def test_fit_recovers_a_known_response_and_inverts_it():
     assert abs(corrected[test > 0].mean() - 40) < 0.15 and abs(corrected[test < 0].mean() + 40) < 0.15
 
 
+def test_paired_fit_cancels_the_scatter_both_estimators_share():
+    """Against an unbiased reference that shares the maps' realisation noise, the fit finds
+    the same response with errors smaller by that noise's share (here 3 of sqrt(10))."""
+    rng = np.random.default_rng(1)
+    true = rng.uniform(-60, 60, 4000)
+    shared = rng.normal(0, 3.0, true.size)          # each map's own realisation: in both estimators
+    reference = true + shared
+    mean = _response(true) + shared + rng.normal(0, 1.0, true.size)
+    by_truth = ResponseCalibration.fit(true, mean, scale=60.0)
+    paired = ResponseCalibration.fit(true, mean, scale=60.0, reference=reference)
+    assert (by_truth.against, paired.against) == ("truth", "reference")
+    ratio = np.array(paired.errors) / np.array(by_truth.errors)
+    assert np.allclose(ratio, 1 / np.sqrt(10), rtol=0.1)
+    assert np.allclose(paired.coefficients, [0.2, 2.3, 1.1, -2.3], atol=4 * np.array(paired.errors))
+    assert ResponseCalibration.from_dict(json.loads(json.dumps(paired.to_dict()))) == paired
+    old_record = {k: v for k, v in by_truth.to_dict().items() if k != "against"}
+    assert ResponseCalibration.from_dict(old_record) == by_truth
+    with pytest.raises(ValueError, match="reference"):
+        ResponseCalibration.fit(true, mean, reference=reference[:-1])
+
+
 def test_outside_the_domain_the_response_continues_by_its_tangent():
     calibration = ResponseCalibration((0.0, 6.0, 0.0, 0.0), (0.0,) * 4, 60.0, (-90.0, 90.0), 100)
     fnl, sigma = calibration.apply(np.array([0.0, 1.1 * 200.0, -1.1 * 200.0]), np.ones(3))
@@ -90,7 +111,7 @@ def test_cli_evaluate_calibrate(tmp_path):
               progress=False)
     true_calib = np.asarray(h5py.File(files["calib"], "r")["fnl"][:], dtype=np.float64)
 
-    def expected(run_dirs, data):
+    def expected(run_dirs, data, reference=None):
         each = [[predict_fnl(r, path, progress=False) for r in run_dirs]
                 for path in (files["calib"], data)]
         if len(run_dirs) == 1:
@@ -98,7 +119,7 @@ def test_cli_evaluate_calibrate(tmp_path):
         else:
             calib_mean, _ = ensemble_estimate(*(np.stack(v) for v in zip(*each[0])))
             mean, sigma = ensemble_estimate(*(np.stack(v) for v in zip(*each[1])))
-        return ResponseCalibration.fit(true_calib, calib_mean).apply(mean, sigma)
+        return ResponseCalibration.fit(true_calib, calib_mean, reference=reference).apply(mean, sigma)
 
     runner = CliRunner()
     user = tmp_path / "user_scat.h5"
@@ -121,8 +142,25 @@ def test_cli_evaluate_calibrate(tmp_path):
         assert [m["fnl"] for m in scores["maps"]] == pytest.approx(mean)
         assert "response_calibration" in scores
 
+    # the paired fit: against the anchor's estimates of the same maps (here its statistics
+    # are the calibration file itself)
+    out = tmp_path / "paired"
+    r = runner.invoke(main, ["evaluate", *runs, str(files["test"]), "--out", str(out), "--calibrate",
+                             str(files["calib"]), "--calibrate-against", anchor, str(files["calib"]),
+                             "--no-progress"])
+    assert r.exit_code == 0, r.output
+    anchor_calib, _ = predict_fnl(anchor, files["calib"], progress=False)
+    mean, sigma = expected(runs, files["test"], reference=anchor_calib)
+    assert np.allclose(np.load(out / "predictions.npy"), np.stack([mean, sigma], 1))
+    assert not np.allclose(mean, expected(runs, files["test"])[0])  # not the fit against the truth
+    record = json.loads((out / "metrics.json").read_text())["response_calibration"]
+    assert record["against"] == "reference" and record["reference"]["run"] == anchor
+
     # refusals, one line each and no traceback
-    for args, message in (([runs[0], str(files["test"]), "--calibrate", str(files["test"])], "own noise"),
+    for args, message in (([runs[0], str(files["test"]), "--calibrate", str(files["calib"]),
+                            "--calibrate-against", anchor, str(files["test"])], "does not hold the maps"),
+                          ([runs[0], str(files["test"]), "--calibrate-against", anchor, str(files["calib"])],
+                           "needs --calibrate"),([runs[0], str(files["test"]), "--calibrate", str(files["test"])], "own noise"),
                           ([runs[0], str(files["calib"]), "--out", str(tmp_path / "x"), "--calibrate",
                             str(files["test"])], "at least 10"),
                           ([runs[0], str(files["test"]), "--calibrate", str(tmp_path / "none.h5")],
@@ -163,8 +201,24 @@ def test_pipeline_calibrates_the_configured_models(tmp_path, monkeypatch):
     zero = test.true == 0
     assert f"| {mean[zero].std(ddof=1):.2f} |" in row  # sigma at f_NL = 0 of the corrected estimates
 
+    # the paired fit: against the anchor's estimates of the calibration maps (its chain gains them)
+    (tmp_path / "c.json").write_text(json.dumps({**cfg, "calibrate_against": "cubic_fisher"}))
+    text = run_pipeline(tmp_path / "c.json", device="cpu", progress=False).read_text()
+    anchor = load_fnl_result("cubic_fisher", [0], [tmp_path / "out/runs/cubic_fisher/seed0/calib"],
+                             tmp_path / "out/stats_calib.h5")
+    paired = ResponseCalibration.fit(calib.true, calib.predictions[0][:, 0],
+                                     reference=anchor.predictions[0][:, 0])
+    mean, _ = paired.apply(test.predictions[0][:, 0], test.predictions[0][:, 1])
+    row = next(line for line in text.splitlines() if "response calibrated" in line)
+    assert "response calibrated on 48 maps against the cubic S / F estimates" in row
+    assert f"| {mean[zero].std(ddof=1):.2f} |" in row
+    assert not any(line.startswith("| cubic statistic S / F") and "calibrated" in line
+                   for line in text.splitlines())  # the anchor itself is not calibrated
+
     # a config that cannot calibrate: one line
     for change, message in (({"calibrate": ["hybrid"]}, "not among the config's models"),
+                            ({"calibrate_against": "onepoint"}, "calibrate_against: onepoint not among"),
+                            ({"calibrate_against": "cubic"}, "must have one seed"),
                             ({"simulate": {**cfg["simulate"], "n_calib": None}}, None)):
         bad = {**cfg, **change}
         if message is None:

@@ -24,7 +24,7 @@ from cmbscat.errors import CmbscatError
 from cmbscat.sky.source import observation_record, open_source, stored_fnl
 from cmbscat.store import file_kind, require_kind
 
-__all__ = ["file_kind", "require_kind", "read_labels", "read_fnl", "scattering_inputs", "iter_alm",
+__all__ = ["file_kind", "require_kind", "read_labels", "read_seeds", "read_fnl", "scattering_inputs", "iter_alm",
            "lowres_maps", "band_limit", "classical_features", "scattering_weight", "lowres_weight",
            "observation_identity"]
 
@@ -33,6 +33,13 @@ def read_labels(path: str | Path) -> np.ndarray:
     """Labels (int64, (N,)) of a sims, scattering or statistics file."""
     with h5py.File(path, "r") as f:
         return f["labels"][()].astype(np.int64)
+
+
+def read_seeds(path: str | Path) -> np.ndarray:
+    """Per-map seeds (int64, (N,): :func:`cmbscat.sky.simulate.map_seeds`) of a sims,
+    scattering or statistics file; they identify its maps."""
+    with h5py.File(path, "r") as f:
+        return f["seeds"][()].astype(np.int64)
 
 
 def read_fnl(path: str | Path) -> np.ndarray:

@@ -14,7 +14,10 @@ An f_NL estimator's response can be calibrated on simulations (``calibration``: 
 file of maps at many f_NL values that plays no other part): the response E[mean | f] is
 fitted there and every estimate read through its inverse
 (:class:`cmbscat.experiment.fnl_calibration.ResponseCalibration`); metrics.json or
-scores.json records the fit under ``response_calibration``.
+scores.json records the fit under ``response_calibration``. With an unbiased reference
+estimator's estimates of the same maps (:class:`CalibrationMaps`: the cubic statistic's
+S / F on the calibration maps' statistics) the response is fitted against them instead of
+the truth (the paired fit: the maps' own scatter cancels).
 
 An unlabelled file (labels -1: the scattering or statistics of a user's FITS map,
 :mod:`cmbscat.sky.fits_map`) is scored map by map instead (:func:`score_maps`): the
@@ -37,6 +40,7 @@ import json
 import os
 import pickle
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -327,6 +331,49 @@ def _true_fnl(data) -> np.ndarray:
 MIN_CALIBRATION_VALUES = 10
 
 
+@dataclass(frozen=True)
+class CalibrationMaps:
+    """The maps an f_NL estimator's response is fitted on (``cmbscat evaluate --calibrate``).
+
+    Attributes
+    ----------
+    path : path
+        Labelled file of the estimator's kind (scattering or statistics), maps at many f_NL
+        values (e.g. ``cmbscat simulate --fnl-dist uniform:-80,80``) that play no other part,
+        observed as the training data.
+    reference_run, reference_file : path, optional
+        An unbiased f_NL estimator (E[estimate | f] = f: the cubic statistic's S / F, a run
+        trained with ``--model cubic_fisher``) and its input file of the same maps (``cmbscat
+        stats`` of the calibration sims; same ``/seeds`` and ``/fnl``): the response is then
+        fitted to the estimator's mean minus the reference's estimate, map by map (the paired
+        fit, :meth:`~cmbscat.experiment.fnl_calibration.ResponseCalibration.fit`). None: fitted
+        against the true f_NL.
+    """
+
+    path: str | Path
+    reference_run: str | Path | None = None
+    reference_file: str | Path | None = None
+
+
+def _reference_estimates(calibration: CalibrationMaps, true: np.ndarray) -> tuple[np.ndarray | None, dict]:
+    """The reference estimator's means on the calibration maps (None without a reference) and
+    what the record says of it; a reference file of other maps is refused in one line."""
+    if calibration.reference_run is None:
+        return None, {}
+    from cmbscat.experiment.datasets import read_seeds
+
+    ref_file = Path(calibration.reference_file)
+    if not ref_file.exists():
+        raise CmbscatError(f"no such file: {ref_file} (--calibrate-against)")
+    seeds, ref_seeds = read_seeds(calibration.path), read_seeds(ref_file)
+    if ref_seeds.shape != seeds.shape or np.any(ref_seeds != seeds) or np.any(_true_fnl(ref_file) != true):
+        raise CmbscatError(f"--calibrate-against {ref_file} does not hold the maps of --calibrate "
+                           f"{calibration.path} (their /seeds or /fnl differ)")
+    mean, _ = predict_fnl(calibration.reference_run, ref_file, device="cpu", progress=False)
+    return mean, {"reference": {"run": str(calibration.reference_run), "file": str(ref_file),
+                                "sha256": content_hash(ref_file)}}
+
+
 def response_calibration(data, calibration, estimate) -> tuple:
     """The estimator's response fitted on ``calibration``, checked and fitted before the
     maps of ``data`` are estimated (so a bad calibration file is refused at once).
@@ -335,10 +382,9 @@ def response_calibration(data, calibration, estimate) -> tuple:
     ----------
     data : path
         The file whose estimates will be corrected (refused as its own calibration).
-    calibration : path or None
-        Labelled file of the same kind, maps at many f_NL values (e.g. ``cmbscat simulate
-        --fnl-dist uniform:-80,80``) that play no other part, observed as the training data;
-        None: no calibration.
+    calibration : :class:`CalibrationMaps`, path or None
+        The calibration maps (a path: a file whose response is fitted against the true
+        f_NL); None: no calibration.
     estimate : callable
         ``estimate(path) -> (mean, sigma)``: the estimator on a file.
 
@@ -352,6 +398,10 @@ def response_calibration(data, calibration, estimate) -> tuple:
 
     if calibration is None:
         return None, {}
+    if not isinstance(calibration, CalibrationMaps):
+        calibration = CalibrationMaps(calibration)
+    maps = calibration
+    calibration = maps.path
     if not Path(calibration).exists():
         raise CmbscatError(f"no such file: {calibration} (--calibrate)")
     calibration_hash = content_hash(calibration)
@@ -363,13 +413,14 @@ def response_calibration(data, calibration, estimate) -> tuple:
         raise CmbscatError(f"--calibrate {calibration} has maps at {np.unique(true).size} f_NL values; "
                            f"fitting the response needs at least {MIN_CALIBRATION_VALUES} (e.g. "
                            "cmbscat simulate --fnl-dist uniform:-80,80)")
+    reference, reference_record = _reference_estimates(maps, true)
     calibration_mean, _ = estimate(calibration)
     try:
-        response = ResponseCalibration.fit(true, calibration_mean)
+        response = ResponseCalibration.fit(true, calibration_mean, reference=reference)
     except ValueError as err:
         raise CmbscatError(f"--calibrate {calibration}: {err}") from None
     return response, {"response_calibration": {**response.to_dict(), "file": str(calibration),
-                                               "sha256": calibration_hash}}
+                                               "sha256": calibration_hash, **reference_record}}
 
 
 def _corrected(response, mean: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

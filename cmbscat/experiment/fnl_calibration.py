@@ -12,6 +12,12 @@ estimate is then read through its inverse: f_hat = r^-1(mu), with the error carr
 through the slope, sigma_hat = sigma / r'(f_hat). The odd powers follow an
 estimator that is odd in the map (``--sign-flip``), whose bias is odd in f; the
 constant lets the calibration maps say so rather than assume it.
+
+Paired fit: given an unbiased reference estimator's estimates g of the same maps (the
+cubic statistic's S / F), the fit is of (mu - g) instead: E[mu - g | f] = r(f) - f
+still, while the part of mu - f that the map's own realisation puts into both
+estimators cancels, so the same maps fit the response more precisely (by a third for
+the hybrid ensemble against S / F, docs/fnl_regression.md).
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ class ResponseCalibration:
         estimates whose mean lies outside r(domain) are continued linearly.
     n_maps : int
         Calibration maps the fit used.
+    against : str
+        What the estimates were compared with: ``"truth"`` (mu - f) or ``"reference"``
+        (mu - g, a reference estimator's estimates of the same maps; the paired fit).
     """
 
     coefficients: tuple[float, ...]
@@ -47,6 +56,7 @@ class ResponseCalibration:
     scale: float
     domain: tuple[float, float]
     n_maps: int
+    against: str = "truth"
 
     @property
     def degree(self) -> int:
@@ -60,8 +70,9 @@ class ResponseCalibration:
 
     @classmethod
     def fit(cls, true: np.ndarray, mean: np.ndarray, degree: int = 5, scale: float | None = None,
-            domain: tuple[float, float] | None = None) -> "ResponseCalibration":
-        """Least-squares fit of (mean - true) on the calibration maps.
+            domain: tuple[float, float] | None = None,
+            reference: np.ndarray | None = None) -> "ResponseCalibration":
+        """Least-squares fit of (mean - true), or of (mean - reference), on the calibration maps.
 
         Parameters
         ----------
@@ -74,6 +85,10 @@ class ResponseCalibration:
         domain : (float, float), optional
             Where r must increase and is inverted; default the calibration maps' range of
             true f_NL (the fit says nothing beyond it: there r continues by its tangent).
+        reference : (n,) array, optional
+            An unbiased estimator's estimates of the same maps (E[reference | f] = f): the
+            paired fit, of (mean - reference), whose residuals lack the maps' own scatter
+            about f that both estimators share.
 
         Raises
         ------
@@ -89,15 +104,19 @@ class ResponseCalibration:
         if true.shape != mean.shape or true.ndim != 1 or true.size <= n_terms:
             raise ValueError(f"need more than {n_terms} calibration maps with a mean each, "
                              f"got {true.shape} and {mean.shape}")
+        baseline = true if reference is None else np.asarray(reference, dtype=np.float64)
+        if baseline.shape != true.shape:
+            raise ValueError(f"the reference's estimates have shape {baseline.shape}, the maps {true.shape}")
         scale = float(scale if scale is not None else np.abs(true).max())
         if domain is None:
             domain = (float(true.min()), float(true.max()))
         design = cls._design(true, degree, scale)
-        coefficients, *_ = np.linalg.lstsq(design, mean - true, rcond=None)
-        residual = mean - true - design @ coefficients
+        coefficients, *_ = np.linalg.lstsq(design, mean - baseline, rcond=None)
+        residual = mean - baseline - design @ coefficients
         covariance = np.linalg.inv(design.T @ design) * residual.var(ddof=n_terms)
         calibration = cls(tuple(map(float, coefficients)), tuple(map(float, np.sqrt(np.diag(covariance)))),
-                          scale, (float(domain[0]), float(domain[1])), int(true.size))
+                          scale, (float(domain[0]), float(domain[1])), int(true.size),
+                          "truth" if reference is None else "reference")
         grid = calibration._grid()
         if not np.all(np.diff(calibration.response(grid)) > 0):
             raise ValueError(f"the fitted response does not increase on f_NL in {domain}: "
@@ -145,9 +164,10 @@ class ResponseCalibration:
         return {"model": "E[mu | f] = f + c0 + sum_k c_k (f / scale)^k, k odd",
                 "degree": self.degree, "coefficients": list(self.coefficients),
                 "errors": list(self.errors), "scale": self.scale, "domain": list(self.domain),
-                "n_maps": self.n_maps}
+                "n_maps": self.n_maps, "against": self.against}
 
     @classmethod
     def from_dict(cls, record: dict) -> "ResponseCalibration":
+        """The calibration ``to_dict`` wrote (records before the paired fit: against the truth)."""
         return cls(tuple(record["coefficients"]), tuple(record["errors"]), float(record["scale"]),
-                   tuple(record["domain"]), int(record["n_maps"]))
+                   tuple(record["domain"]), int(record["n_maps"]), record.get("against", "truth"))

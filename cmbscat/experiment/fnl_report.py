@@ -31,6 +31,10 @@ METHOD_NAMES = {
 }
 
 
+# a reference estimator's name inside another method's name (the paired calibration's row)
+SHORT_NAMES = {"cubic_fisher": "cubic S / F"}
+
+
 @dataclass
 class FnlResult:
     """A method's current f_NL evaluations on one test set: one metrics dict and one
@@ -43,13 +47,17 @@ class FnlResult:
     true: np.ndarray          # (n_test,) float64
     ensemble_of: int = 0      # > 0: one estimate combining this many seeds (:func:`ensemble_result`)
     calibrated_on: int = 0    # > 0: read through the response fitted on this many maps (:func:`calibrated_result`)
+    calibrated_against: str = ""  # the reference model the response was fitted against ("": the truth)
 
     @property
     def name(self) -> str:
         """The method's name in tables."""
         name = METHOD_NAMES.get(self.model, self.model)
         name = f"{name}, ensemble of {self.ensemble_of} seeds" if self.ensemble_of else name
-        return f"{name}, response calibrated on {self.calibrated_on} maps" if self.calibrated_on else name
+        if not self.calibrated_on:
+            return name
+        against = f" against the {self.calibrated_against} estimates" if self.calibrated_against else ""
+        return f"{name}, response calibrated on {self.calibrated_on} maps{against}"
 
     def seed_values(self, key: str) -> np.ndarray:
         """``metrics[key]`` per seed, with ``at_zero.`` keys read from the f_NL = 0 bin."""
@@ -90,23 +98,33 @@ def with_ensembles(by_model: dict[str, FnlResult]) -> dict[str, FnlResult]:
     return out
 
 
-def calibrated_result(test: FnlResult, calibration: FnlResult) -> FnlResult:
+def calibrated_result(test: FnlResult, calibration: FnlResult, reference: FnlResult | None = None) -> FnlResult:
     """``test``'s estimator (its seeds' ensemble when it has several) read through the response
     fitted on its estimates of the calibration maps ``calibration`` (the same seeds;
     :class:`cmbscat.experiment.fnl_calibration.ResponseCalibration`); the fit is in the
-    metrics under ``response_calibration``. A response without an inverse is refused in one line."""
+    metrics under ``response_calibration``. ``reference``: an unbiased estimator's estimates
+    of the same calibration maps (one seed, e.g. the cubic statistic's S / F), fitted against
+    instead of the truth (the paired fit). A response without an inverse is refused in one line."""
     from cmbscat.experiment.fnl_calibration import ResponseCalibration
 
     if list(calibration.seeds) != list(test.seeds):
         raise CmbscatError(f"{test.model}: calibration estimates of seeds {calibration.seeds}, "
                            f"test estimates of {test.seeds}")
+    if reference is not None and not np.array_equal(reference.true, calibration.true):
+        raise CmbscatError(f"calibrating {test.model} against {reference.model}: its estimates are "
+                           "of other maps than the calibration maps")
     if len(test.seeds) > 1:
         test, calibration = ensemble_result(test), ensemble_result(calibration)
     try:
-        response = ResponseCalibration.fit(calibration.true, calibration.predictions[0][:, 0])
+        response = ResponseCalibration.fit(
+            calibration.true, calibration.predictions[0][:, 0],
+            reference=None if reference is None else reference.predictions[0][:, 0])
     except ValueError as err:
         raise CmbscatError(f"calibrating {test.model}: {err}") from None
-    return read_through(test, response)
+    result = read_through(test, response)
+    if reference is not None:
+        result.calibrated_against = SHORT_NAMES.get(reference.model, reference.model)
+    return result
 
 
 def read_through(result: FnlResult, response) -> FnlResult:
@@ -121,15 +139,17 @@ def read_through(result: FnlResult, response) -> FnlResult:
                      result.true, ensemble_of=result.ensemble_of, calibrated_on=response.n_maps)
 
 
-def with_calibrations(by_model: dict[str, FnlResult], calibrations: dict[str, FnlResult]) -> dict[str, FnlResult]:
+def with_calibrations(by_model: dict[str, FnlResult], calibrations: dict[str, FnlResult],
+                      reference: FnlResult | None = None) -> dict[str, FnlResult]:
     """``by_model`` with, after each method in ``calibrations`` (and its ensemble), its
-    :func:`calibrated_result` (key ``"<model> calibrated"``)."""
+    :func:`calibrated_result` (key ``"<model> calibrated"``), fitted against ``reference``'s
+    estimates of the calibration maps when given."""
     out = {}
     for key, result in by_model.items():
         out[key] = result
         model = key.removesuffix(" ensemble")
         if model in calibrations and (key.endswith(" ensemble") or len(result.seeds) == 1):
-            out[f"{model} calibrated"] = calibrated_result(by_model[model], calibrations[model])
+            out[f"{model} calibrated"] = calibrated_result(by_model[model], calibrations[model], reference)
     return out
 
 

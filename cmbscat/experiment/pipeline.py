@@ -32,7 +32,10 @@ statistic's (:mod:`cmbscat.experiment.fnl_report`). With ``"calibrate": [MODEL, 
 and a calibration split (``simulate.n_calib``, ``seed_calib``, ``fnl_dist_calib``: maps
 that play no other part), those models are also evaluated on the calibration maps, and
 the table adds each one's estimate (its seeds' ensemble) read through the response
-fitted there (:class:`cmbscat.experiment.fnl_calibration.ResponseCalibration`).
+fitted there (:class:`cmbscat.experiment.fnl_calibration.ResponseCalibration`). With
+``"calibrate_against": MODEL`` (an unbiased estimator of the config, e.g. ``cubic_fisher``)
+that model is evaluated on the calibration maps too and the responses are fitted against
+its estimates of them rather than their true f_NL (the paired fit).
 """
 
 from __future__ import annotations
@@ -375,6 +378,24 @@ def calibrated_models(cfg: dict, models: list[str]) -> list[str]:
     return [m for m in models if m in names]
 
 
+def calibration_reference(cfg: dict, models: list[str]) -> str | None:
+    """The model whose estimates of the calibration maps the responses are fitted against
+    (``"calibrate_against"``; None: the truth), checked: a one-seed model of the config, run
+    now, in a config that calibrates."""
+    name = cfg.get("calibrate_against")
+    if name is None:
+        return None
+    if not cfg.get("calibrate"):
+        raise CmbscatError("\"calibrate_against\" needs \"calibrate\": [MODEL, ...] (the models it calibrates)")
+    if name not in cfg["models"]:
+        raise CmbscatError(f"calibrate_against: {name} not among the config's models")
+    if len(model_seeds(cfg["models"][name])) != 1:
+        raise CmbscatError(f"calibrate_against: {name} must have one seed (an estimator, not an ensemble)")
+    if name not in models:
+        raise CmbscatError(f"calibrate_against: {name} must be among the models run (--models)")
+    return name
+
+
 def _split_sizes(sim: dict, split: str) -> tuple[int, int]:
     key = "sealed" if split == "sealed" else split
     return int(sim[f"n_{key}"]), int(sim[f"seed_{key}"])
@@ -659,7 +680,8 @@ def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool =
         from cmbscat.experiment.fnl_report import (fnl_table, plot_fnl_methods, with_calibrations,
                                                    with_ensembles)
 
-        by_model = with_calibrations(with_ensembles(results["test"]), results.get("calib", {}))
+        reference = next(iter(results.get("calib_reference", {}).values()), None)
+        by_model = with_calibrations(with_ensembles(results["test"]), results.get("calib", {}), reference)
         atomic_write_text(table, fnl_table(cfg, by_model, timings))
         plot_fnl_methods(table.with_suffix(".png"), by_model)
     else:
@@ -690,9 +712,11 @@ def run_experiment(cfg: dict, device: str = "auto", progress: bool = True,
     runner = Runner(exp.out, rerun_changed)
     splits = ("test", "sealed") if sealed else ("test",)
     calibrated = calibrated_models(cfg, models)
+    reference = calibration_reference(cfg, models) if calibrated else None
     stages: dict[str, Stage] = {}
     for model in models:
-        for stage in exp.chain(model, splits + (("calib",) if model in calibrated else ())):
+        on_calib = model in calibrated or model == reference
+        for stage in exp.chain(model, splits + (("calib",) if on_calib else ())):
             stages.setdefault(stage.name, stage)  # per-map stages are shared between models
     runner.refuse_changed(list(stages.values()))
     # per-map stages first, then every training side by side, then the evaluations
@@ -708,6 +732,8 @@ def run_experiment(cfg: dict, device: str = "auto", progress: bool = True,
     results = {split: {m: load(exp, m, split) for m in models} for split in splits}
     if calibrated:
         results["calib"] = {m: load(exp, m, "calib") for m in calibrated}
+    if reference:
+        results["calib_reference"] = {reference: load(exp, reference, "calib")}
     return results
 
 
