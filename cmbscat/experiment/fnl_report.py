@@ -339,7 +339,8 @@ def plot_fnl_methods(path: Path, by_model: dict[str, FnlResult], max_points: int
         lo, hi = float(true.min()), float(true.max())
         ax.plot([lo, hi], [lo, hi], "k-", lw=1)
         title = METHOD_NAMES.get(result.model, result.model).split(" (")[0].split(",")[0]
-        ax.set_title(f"{title}, ensemble" if result.ensemble_of else title, fontsize=8)
+        title = f"{title}, ensemble" if result.ensemble_of else title
+        ax.set_title(f"{title}, calibrated" if result.calibrated_on else title, fontsize=8)
         ax.set_xlabel("true f_NL", fontsize=8)
         ax.set_ylabel("estimate ± predicted sigma", fontsize=8)
         ax.grid(alpha=0.3)
