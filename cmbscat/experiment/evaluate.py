@@ -398,28 +398,26 @@ def response_calibration(data, calibration, estimate) -> tuple:
 
     if calibration is None:
         return None, {}
-    if not isinstance(calibration, CalibrationMaps):
-        calibration = CalibrationMaps(calibration)
-    maps = calibration
-    calibration = maps.path
-    if not Path(calibration).exists():
-        raise CmbscatError(f"no such file: {calibration} (--calibrate)")
-    calibration_hash = content_hash(calibration)
+    maps = calibration if isinstance(calibration, CalibrationMaps) else CalibrationMaps(calibration)
+    path = maps.path
+    if not Path(path).exists():
+        raise CmbscatError(f"no such file: {path} (--calibrate)")
+    calibration_hash = content_hash(path)
     if calibration_hash == content_hash(data):
-        raise CmbscatError(f"--calibrate {calibration} holds the maps being estimated; a calibration "
+        raise CmbscatError(f"--calibrate {path} holds the maps being estimated; a calibration "
                            "fitted on them would fit their own noise (use maps that play no other part)")
-    true = _true_fnl(calibration)
+    true = _true_fnl(path)
     if np.unique(true).size < MIN_CALIBRATION_VALUES:
-        raise CmbscatError(f"--calibrate {calibration} has maps at {np.unique(true).size} f_NL values; "
+        raise CmbscatError(f"--calibrate {path} has maps at {np.unique(true).size} f_NL values; "
                            f"fitting the response needs at least {MIN_CALIBRATION_VALUES} (e.g. "
                            "cmbscat simulate --fnl-dist uniform:-80,80)")
     reference, reference_record = _reference_estimates(maps, true)
-    calibration_mean, _ = estimate(calibration)
+    calibration_mean, _ = estimate(path)
     try:
         response = ResponseCalibration.fit(true, calibration_mean, reference=reference)
     except ValueError as err:
-        raise CmbscatError(f"--calibrate {calibration}: {err}") from None
-    return response, {"response_calibration": {**response.to_dict(), "file": str(calibration),
+        raise CmbscatError(f"--calibrate {path}: {err}") from None
+    return response, {"response_calibration": {**response.to_dict(), "file": str(path),
                                                "sha256": calibration_hash, **reference_record}}
 
 
