@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fnl_test_reading import hybrid_seeds, load_calibration, load_test_set, row  # benchmarks/: this script's folder
+from fnl_test_reading import (hybrid_seeds, load_calibration, load_test_set,  # benchmarks/: this script's folder
+                              require_paths, row)
 
 from cmbscat.experiment.fnl_calibration import ResponseCalibration
 from cmbscat.experiment.fnl_estimators import ensemble_estimate
@@ -62,6 +63,8 @@ def main(argv=None) -> None:
     parser.add_argument("--plot", type=Path, default=None,
                         help="PNG: the anchor, the ensemble and its paired calibration on the first --test set")
     args = parser.parse_args(argv)
+    require_paths(args.run / "runs/hybrid", args.anchor_calib / "predictions.npy", *args.slices,
+                  *(t / "scat_test.h5" for t in args.test))
     true, mean, anchor_estimates = calibration_set(args.run, args.anchor_calib, args.slices)
     print(f"calibration maps: {true.size}, f_NL in [{true.min():.2f}, {true.max():.2f}]; anchor on them: "
           f"bias {np.mean(anchor_estimates - true):+.3f}, s.d. {np.std(anchor_estimates - true):.3f}")

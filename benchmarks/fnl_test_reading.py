@@ -36,6 +36,13 @@ def row(label: str, result, anchor, anchor_sigma: float) -> str:
             + " ".join(f"{r['bias'] / r['sigma_fnl']:+.3f}" for r in odd) + f" | {largest_bias_in_sigma(odd):.3f} |")
 
 
+def require_paths(*paths: Path) -> None:
+    """Stop with one line (no traceback) when a folder or file the reading needs is missing."""
+    missing = [str(p) for p in dict.fromkeys(map(Path, paths)) if not p.exists()]
+    if missing:
+        raise SystemExit(f"no such file or folder: {', '.join(missing)} (make it first: see the docstring)")
+
+
 def hybrid_seeds(folder: Path) -> list[int]:
     """The seeds of the hybrid runs or evaluations in ``folder/runs/hybrid/seed*/`` (folders only:
     a training's ``seedK.lock`` sits beside them)."""
@@ -65,6 +72,7 @@ def main(argv=None) -> None:
     parser.add_argument("--test", type=Path, default=None)
     args = parser.parse_args(argv)
     test_dir = args.test or args.run
+    require_paths(args.run / "runs/hybrid", test_dir / "runs/hybrid", test_dir / "scat_test.h5")
     seeds, hybrid, anchor = load_test_set(test_dir)
     calib = load_calibration(args.run, seeds)
     anchor_sigma = anchor.metrics[0]["at_zero"]["sigma_fnl"]
