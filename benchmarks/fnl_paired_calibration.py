@@ -4,7 +4,7 @@
         --anchor-calib results/fnl_paired/anchor_calib --test results/fnl_regression results/fnl_eighth
 
     # the ninth reading (docs/fnl_regression.md): 1600 more calibration maps, a new test set
-    python benchmarks/fnl_paired_calibration.py --run results/fnl_regression \\
+    python benchmarks/fnl_paired_calibration.py --run results/fnl_regression --run-calib-first 800 \\
         --anchor-calib results/fnl_paired/anchor_calib --slices results/fnl_ninth/calib/*.npz \\
         --test results/fnl_ninth
 
@@ -36,14 +36,19 @@ from cmbscat.experiment.fnl_estimators import ensemble_estimate
 from cmbscat.experiment.fnl_report import ensemble_result, plot_fnl_methods, pooled_paired_bias, read_through
 
 
-def calibration_set(run: Path, anchor_calib: Path, slices: list[Path]) -> tuple[np.ndarray, ...]:
+def calibration_set(run: Path, anchor_calib: Path, slices: list[Path],
+                    first: int | None = None) -> tuple[np.ndarray, ...]:
     """(true f_NL, the hybrid ensemble's mean, the anchor's estimate) of every calibration map:
     the run's own (its seeds' estimates in ``runs/hybrid/seed*/calib``, the anchor's in
-    ``anchor_calib``), then each of ``slices`` (``fnl_calibration_slices.sh``'s files)."""
+    ``anchor_calib``; only the first ``first`` of them if given), then each of ``slices``
+    (``fnl_calibration_slices.sh``'s files)."""
     seeds = hybrid_seeds(run)
     calib = ensemble_result(load_calibration(run, seeds))
-    true, mean = [calib.true], [calib.predictions[0][:, 0]]
-    anchor = [np.load(anchor_calib / "predictions.npy")[:, 0]]
+    true, mean = [calib.true[:first]], [calib.predictions[0][:first, 0]]
+    anchor = [np.load(anchor_calib / "predictions.npy")[:first, 0]]
+    if anchor[0].shape != true[0].shape:
+        raise SystemExit(f"{anchor_calib}: the anchor's estimates of {anchor[0].size} maps, the run's of "
+                         f"{true[0].size} (--run-calib-first picks the run's first ones)")
     for path in slices:
         part = np.load(path)
         if [int(name[4:]) for name in part["runs"]] != seeds:
@@ -58,6 +63,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, default=Path("results/fnl_regression"))
     parser.add_argument("--anchor-calib", type=Path, default=Path("results/fnl_paired/anchor_calib"))
+    parser.add_argument("--run-calib-first", type=int, default=None, metavar="N",
+                        help="use the first N of the run's calibration maps (the seventh run's 800 "
+                             "are the first 800 of the current config's 2400, seed 38)")
     parser.add_argument("--slices", type=Path, nargs="*", default=[])
     parser.add_argument("--test", type=Path, nargs="+", default=[Path("results/fnl_regression")])
     parser.add_argument("--plot", type=Path, default=None,
@@ -65,7 +73,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     require_paths(args.run / "runs/hybrid", args.anchor_calib / "predictions.npy", *args.slices,
                   *(t / "scat_test.h5" for t in args.test))
-    true, mean, anchor_estimates = calibration_set(args.run, args.anchor_calib, args.slices)
+    true, mean, anchor_estimates = calibration_set(args.run, args.anchor_calib, args.slices, args.run_calib_first)
     print(f"calibration maps: {true.size}, f_NL in [{true.min():.2f}, {true.max():.2f}]; anchor on them: "
           f"bias {np.mean(anchor_estimates - true):+.3f}, s.d. {np.std(anchor_estimates - true):.3f}")
     fits = {"against the truth (the pipeline's)": ResponseCalibration.fit(true, mean),
