@@ -219,6 +219,7 @@ def test_pipeline_calibrates_the_configured_models(tmp_path, monkeypatch):
     for change, message in (({"calibrate": ["hybrid"]}, "not among the config's models"),
                             ({"calibrate_against": "onepoint"}, "calibrate_against: onepoint not among"),
                             ({"calibrate_against": "cubic"}, "must have one seed"),
+                            ({"calibrate": [], "calibrate_against": "cubic_fisher"}, "needs \"calibrate\""),
                             ({"simulate": {**cfg["simulate"], "n_calib": None}}, None)):
         bad = {**cfg, **change}
         if message is None:

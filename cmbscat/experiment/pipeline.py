@@ -378,10 +378,11 @@ def calibrated_models(cfg: dict, models: list[str]) -> list[str]:
     return [m for m in models if m in names]
 
 
-def calibration_reference(cfg: dict, models: list[str]) -> str | None:
-    """The model whose estimates of the calibration maps the responses are fitted against
-    (``"calibrate_against"``; None: the truth), checked: a one-seed model of the config, run
-    now, in a config that calibrates."""
+def calibration_reference(cfg: dict, models: list[str], calibrated: list[str]) -> str | None:
+    """The model whose estimates of the calibration maps the responses of ``calibrated``
+    (:func:`calibrated_models`) are fitted against (``"calibrate_against"``; None: the truth,
+    or nothing calibrated in this run), checked: a one-seed model of the config, run now, in a
+    config that calibrates."""
     name = cfg.get("calibrate_against")
     if name is None:
         return None
@@ -391,6 +392,8 @@ def calibration_reference(cfg: dict, models: list[str]) -> str | None:
         raise CmbscatError(f"calibrate_against: {name} not among the config's models")
     if len(model_seeds(cfg["models"][name])) != 1:
         raise CmbscatError(f"calibrate_against: {name} must have one seed (an estimator, not an ensemble)")
+    if not calibrated:
+        return None
     if name not in models:
         raise CmbscatError(f"calibrate_against: {name} must be among the models run (--models)")
     return name
@@ -680,7 +683,7 @@ def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool =
         from cmbscat.experiment.fnl_report import (fnl_table, plot_fnl_methods, with_calibrations,
                                                    with_ensembles)
 
-        reference = next(iter(results.get("calib_reference", {}).values()), None)
+        reference = results.get("calib_reference", {}).get(cfg.get("calibrate_against"))
         by_model = with_calibrations(with_ensembles(results["test"]), results.get("calib", {}), reference)
         atomic_write_text(table, fnl_table(cfg, by_model, timings))
         plot_fnl_methods(table.with_suffix(".png"), by_model)
@@ -712,7 +715,7 @@ def run_experiment(cfg: dict, device: str = "auto", progress: bool = True,
     runner = Runner(exp.out, rerun_changed)
     splits = ("test", "sealed") if sealed else ("test",)
     calibrated = calibrated_models(cfg, models)
-    reference = calibration_reference(cfg, models) if calibrated else None
+    reference = calibration_reference(cfg, models, calibrated)
     stages: dict[str, Stage] = {}
     for model in models:
         on_calib = model in calibrated or model == reference
