@@ -121,22 +121,22 @@ def calibrated_result(test: FnlResult, calibration: FnlResult, reference: FnlRes
             reference=None if reference is None else reference.predictions[0][:, 0])
     except ValueError as err:
         raise CmbscatError(f"calibrating {test.model}: {err}") from None
-    result = read_through(test, response)
-    if reference is not None:
-        result.calibrated_against = SHORT_NAMES.get(reference.model, reference.model)
-    return result
+    against = "" if reference is None else SHORT_NAMES.get(reference.model, reference.model)
+    return read_through(test, response, against)
 
 
-def read_through(result: FnlResult, response) -> FnlResult:
+def read_through(result: FnlResult, response, against: str = "") -> FnlResult:
     """``result``'s first (or only) estimator read through ``response`` (a
     :class:`~cmbscat.experiment.fnl_calibration.ResponseCalibration`), with its metrics
-    and the fit under ``response_calibration``."""
+    and the fit under ``response_calibration``. ``against``: the name of the reference
+    estimator the response was fitted against (``""``: fitted against the truth)."""
     from cmbscat.experiment.fnl_metrics import regression_metrics
 
     mean, sigma = response.apply(result.predictions[0][:, 0], result.predictions[0][:, 1])
     metrics = {**regression_metrics(result.true, mean, sigma), "response_calibration": response.to_dict()}
     return FnlResult(result.model, list(result.seeds), [metrics], np.stack([mean, sigma], axis=1)[None],
-                     result.true, ensemble_of=result.ensemble_of, calibrated_on=response.n_maps)
+                     result.true, ensemble_of=result.ensemble_of, calibrated_on=response.n_maps,
+                     calibrated_against=against)
 
 
 def with_calibrations(by_model: dict[str, FnlResult], calibrations: dict[str, FnlResult],
