@@ -893,8 +893,6 @@ def run_scan(config_path: str | Path, device: str = "auto", progress: bool = Tru
     accuracy (:mod:`cmbscat.experiment.sensitivity`, also in ``sensitivity.json``) and
     the f_NL that the config's ``choose_fnl`` rule picks (:func:`choose_fnl`).
     """
-    from cmbscat.experiment.metrics import wilson_interval
-
     cfg = load_config(config_path)
     list_key, setting, label = scan_parameter(cfg, config_path)
     models = select_models(cfg, only)
@@ -912,13 +910,7 @@ def run_scan(config_path: str | Path, device: str = "auto", progress: bool = Tru
         click.echo(f"== {label} {value:g}", err=True)
         run_pipeline(sub_path, device, progress, only=models, rerun_changed=rerun_changed,
                      executor=executor)
-        # every model current at this amplitude, also those of an earlier --models run
-        current = current_results({**sub, "config_name": str(sub_path)})
-        results[value] = {}
-        for model, res in current.items():
-            acc, n = float(res.accuracies.mean()), int(res.labels.size)
-            results[value][model] = {"accuracy": acc, "interval68": list(wilson_interval(acc * n, n)),
-                                     "n": n, "seeds": len(res.seeds)}
+        results[value] = amplitude_results(sub_path)
     shown = [m for m in cfg["models"] if any(m in res for res in results.values())]
     sensitivity = scan_sensitivity(results, shown)
     atomic_write_text(out / "sensitivity.json", json.dumps(sensitivity, indent=2))
@@ -946,6 +938,20 @@ def run_scan(config_path: str | Path, device: str = "auto", progress: bool = Tru
     _plot_scan(out / f"{setting}_scan.png", results, shown, label)
     click.echo(table.read_text(), err=True)
     return table
+
+
+def amplitude_results(sub_path: str | Path) -> dict[str, dict]:
+    """Test accuracy of every model current at one amplitude of a scan (its sub-config
+    ``sub_path``, as :func:`run_scan` writes it), also those of an earlier ``--models`` run:
+    per model ``accuracy`` (seed mean), ``interval68`` (Wilson), ``n`` test maps, ``seeds``."""
+    from cmbscat.experiment.metrics import wilson_interval
+
+    out = {}
+    for model, res in current_results({**load_config(sub_path), "config_name": str(sub_path)}).items():
+        acc, n = float(res.accuracies.mean()), int(res.labels.size)
+        out[model] = {"accuracy": acc, "interval68": list(wilson_interval(acc * n, n)),
+                      "n": n, "seeds": len(res.seeds)}
+    return out
 
 
 def scan_sensitivity(results: dict[float, dict[str, dict]], models: list[str],
