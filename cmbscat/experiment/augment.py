@@ -10,10 +10,13 @@ nside_out - 1), so the rotation is exact in harmonic space.
 How (the geometry is computed once per ``(nside, lmax)`` and cached; a rotation is
 then a few batched tensor products, on the GPU when training runs there):
 
-* analysis, once per map: ``map2alm`` with 10 Jacobi iterations (~1e-11 relative
-  error for band-limited maps at l <= 2 nside - 1, where 3 iterations leave 1e-5),
-  stored as the real coefficient vector ``[Re a_lm (all m), Im a_lm (m > 0)]`` in
-  healpy's a_lm order, ``(lmax + 1)^2`` numbers;
+* analysis, once per map, all maps in one matrix product: the least-squares fit of
+  the real coefficient vector ``[Re a_lm (all m), Im a_lm (m > 0)]`` (healpy's a_lm
+  order, ``(lmax + 1)^2`` numbers) to the pixels, ``maps @ A`` with the precomputed
+  ``A = S^T (S S^T)^-1`` of the synthesis matrix ``S`` below: exact for band-limited
+  maps at l <= 2 nside - 1, and what healpy's ``map2alm`` Jacobi iterations converge
+  to (10 of them agree with it to ~1e-11; the tests check it), ~400x faster than one
+  ``map2alm`` per channel;
 * rotation by ZYZ Euler angles ``(psi, theta, phi)`` as healpy's ``rotate_alm``
   defines them: ``R = Z(phi) P Z(theta) P^-1 Z(psi)``, where ``Z(chi)`` multiplies
   a_lm by ``exp(-i m chi)`` and ``P`` is healpy's rotation by ``(0, pi/2, pi/2)``,
@@ -32,6 +35,7 @@ import healpy as hp
 import numpy as np
 import torch
 
+#: healpy map2alm iterations whose result the batched analysis reproduces (the tests check it)
 MAP2ALM_ITER = 10
 
 
@@ -103,6 +107,15 @@ def _geometry(nside: int, lmax: int):
     return pad_index, unpad_index, p_blocks, p_inv_blocks, synthesis
 
 
+@functools.lru_cache(maxsize=8)
+def _analysis(nside: int, lmax: int) -> np.ndarray:
+    """Least-squares analysis matrix ``A = S^T (S S^T)^-1``, float64 (npix, (lmax + 1)^2), of
+    the synthesis matrix ``S`` of :func:`_geometry`: ``maps @ A`` are the real coefficient
+    vectors whose synthesis is closest to ``maps`` (exact for band-limited maps)."""
+    synthesis = _geometry(nside, lmax)[4]
+    return np.linalg.solve(synthesis @ synthesis.T, synthesis).T
+
+
 class RotationAugmenter:
     """Random exact rotations of multi-channel RING maps at ``nside`` band-limited at ``lmax``.
 
@@ -140,11 +153,10 @@ class RotationAugmenter:
         return self._tensors[key]
 
     def to_coefficients(self, maps: np.ndarray) -> np.ndarray:
-        """Real coefficient vectors (float64, (N, C, (lmax + 1)^2)) of maps (N, C, npix)."""
+        """Real coefficient vectors (float64, (N, C, (lmax + 1)^2)) of maps (N, C, npix): the
+        least-squares fit (:func:`_analysis`), all maps in one matrix product."""
         maps = np.asarray(maps, dtype=np.float64)
-        alm = np.stack([hp.map2alm(m, lmax=self.lmax, mmax=self.lmax, iter=MAP2ALM_ITER, pol=False,
-                                   use_weights=False) for m in maps])
-        return alm_to_real(alm, self.lmax)
+        return maps @ _analysis(self.nside, self.lmax)
 
     def rotate_tensor(self, coef: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
         """Maps (B, C, npix): example b's coefficients (C, (lmax + 1)^2) rotated by ``angles[b]``

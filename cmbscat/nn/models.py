@@ -40,7 +40,19 @@ class DiscoBlock(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(self.conv(x)))
+        """x: (batch, in_channels, npix_in) -> (batch, out_channels, npix_out), a view of a
+        pixel-major ``(npix_out, batch, out_channels)`` buffer where the convolution gives one."""
+        y = self.conv(x)
+        pixel_major = y.permute(2, 0, 1)  # (npix, B, O): how the DISCO kernels lay out their output
+        if not pixel_major.is_contiguous():
+            return self.act(self.norm(y))
+        # Batch norm and GELU on the contiguous (npix B, O) rows: the same statistics per
+        # channel as on (B, O, npix), but 2-3x faster on the CPU than torch's strided
+        # kernels on the permuted view (benchmarks/training_step.py), and the next DISCO layer
+        # reads the result without a copy.
+        npix, batch, channels = pixel_major.shape
+        rows = self.act(self.norm(pixel_major.reshape(npix * batch, channels)))
+        return rows.view(npix, batch, channels).permute(1, 2, 0)
 
 
 class RingAverage(nn.Module):
