@@ -31,7 +31,7 @@ reproduce-sealed:  ## the paper experiment's final table of a release: also the 
 fnl-scan:  ## accuracy of every method against f_NL (table + PNG + amplitude at 95 %)
 	$(BIN)/cmbscat pipeline --scan pipelines/fnl_scan.json
 
-fnl-scan-800:  ## the same at f_NL 5-30 with 800 training maps per amplitude (the hybrid's A95 ratio, #12)
+fnl-scan-800:  ## the same at f_NL 5-30 with 800 training maps per amplitude (the hybrid's A95 ratio: the 800-map rule fixed in docs/fnl_scan.md at 97bfb16)
 	$(BIN)/cmbscat pipeline --scan pipelines/fnl_scan_800.json
 
 gnl-scan:  ## the same against g_NL (the second non-Gaussian model)
@@ -44,12 +44,17 @@ observed:  ## every method on the same maps: noiseless full sky, beam + noise, b
 	$(BIN)/cmbscat pipeline pipelines/observed.json
 
 learning-curve:  ## hybrid (with / without odd channels, rotations) and cubic S against training maps
-	$(PY) benchmarks/learning_curve.py --out results/learning_curve
+	$(PY) studies/learning_curve.py --out results/learning_curve
 
-bench:  ## benchmarks: measured timings side by side with their references
+bench:  ## every CPU benchmark of benchmarks/README.md, one thread each (~30 min on 2 cores; gpu_check needs a GPU)
 	$(PY) benchmarks/simulate.py
-	$(PY) benchmarks/scatter.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/observed_simulate.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/pixel_window.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/scatter.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/scatter_equivariance.py
 	OMP_NUM_THREADS=1 $(PY) benchmarks/disco.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/training_step.py
+	$(PY) benchmarks/executor_overhead.py
 
 clean:
 	rm -rf results runs .pytest_cache

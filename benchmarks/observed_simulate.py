@@ -14,7 +14,7 @@ Each map index is made in all three settings back to back (half the maps Gaussia
 non-Gaussian, as in a file), so machine load affects them alike; the per-map time is the
 stage's loop body (``SkySimulator.sky``, rows as written), not the file writing. Also
 timed: the one-off work per run or shard (hit map, mask and its C1 apodization, built
-before the first map). Target (issue 13): observed <= 1.5x noiseless per map.
+before the first map). Target (set with the observed skies at e67b5b3): observed <= 1.5x noiseless per map.
 """
 
 import argparse

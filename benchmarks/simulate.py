@@ -5,7 +5,7 @@
 Each repetition times, back to back, synfast, one Gaussian and one non-Gaussian sky
 (as ``cmbscat simulate --store maps`` makes them, i.e. a_lm draw, non-Gaussian term,
 rescaling and the output map), so that machine load affects all of them alike; the
-median over repetitions is reported. Targets (issue 2): Gaussian <= 1.3x, non-Gaussian
+median over repetitions is reported. Targets (set with the stage at 3c2dfdc): Gaussian <= 1.3x, non-Gaussian
 <= 3.5x synfast.
 """
 

@@ -142,7 +142,7 @@ def main():
               help="g_NL of the non-Gaussian class with --ng-model gnl, T = g + 9 g_NL g^3 / "
                    "T_CMB^2 (positive g_NL gives positive kurtosis); required there, as no value "
                    "is standard (the kurtosis of one L = 1024 map separates the classes by 1 sigma "
-                   "at g_NL ~ 4e4: benchmarks/kurtosis_threshold.py). Must be 0 or left out with "
+                   "at g_NL ~ 4e4: studies/kurtosis_threshold.py). Must be 0 or left out with "
                    "--ng-model local.  [default: 0 for local]")
 @click.option("--seed", type=int, default=0, help="Run seed; each map's own seed is derived from it "
                                                   "and stored in /seeds.")

@@ -161,7 +161,7 @@ def test_with_fnl_is_the_fresh_model_sharing_d_l():
 
 def test_one_field_at_several_fnl_and_the_antithetic_identity():
     """A passed quadratic_alm gives the same a_lm as the model's own; and the map of -g at
-    -f is exactly minus the map of g at f (benchmarks/fnl_anchor_bias.py relies on it)."""
+    -f is exactly minus the map of g at f (studies/fnl_anchor_bias.py relies on it)."""
     cl = planck2018_cl(LMAX)
     model, mirrored = LocalFNL(cl, NSIDE, 300.0), LocalFNL(cl, NSIDE, -300.0)
     g_alm = SkySimulator(NSIDE, LMAX).alm(4, 0)[0]

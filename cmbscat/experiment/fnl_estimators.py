@@ -130,7 +130,7 @@ class SignFlip:
     """The symmetry (x, f_NL) -> (-x, -f_NL) on a network's standardised inputs and targets.
 
     The map of the field -g at -f is exactly minus the map of g at f
-    (``benchmarks/fnl_anchor_bias.py``), so (x, f) and (-x, -f) are equally likely. Used
+    (``studies/fnl_anchor_bias.py``), so (x, f) and (-x, -f) are equally likely. Used
     two ways (``cmbscat train --sign-flip``): as augmentation, each training example
     negated with probability 1/2 (:meth:`inputs`, :meth:`targets`); and as the estimator,
     odd in the map by construction (:meth:`odd_output`), so that its bias is odd in f_NL and

@@ -230,7 +230,7 @@ def paired_bias(result: FnlResult, reference: FnlResult) -> list[dict]:
 
     Both read the same maps, so the part of each map's estimate that comes from the map's
     own realisation (the anchor and the networks correlate at ~0.8) cancels: with the
-    anchor unbiased (``benchmarks/fnl_anchor_bias.py``: |bias| < 0.065 sigma over |f_NL| <= 60),
+    anchor unbiased (``studies/fnl_anchor_bias.py``: |bias| < 0.065 sigma over |f_NL| <= 60),
     this is the method's bias with a standard error ~2x smaller than the unpaired one.
     """
     true = reference.true

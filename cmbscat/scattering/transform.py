@@ -222,7 +222,7 @@ class Scattering:
             self.envelope_lmax[j2] = max(self.envelope_lmax.get(j2, 0), env)
         for j1 in dict.fromkeys(j1 for j1, _ in self.odd_pairs):
             # no min_nside floor here: the products' error comes from the envelope's
-            # modulus grid, not from this one (benchmarks/odd_channels.py)
+            # modulus grid, not from this one (studies/odd_channels.py)
             self.product_grid[j1] = nside_for_band(self._band_top(j1) + self.lmax_out,
                                                    self.oversample, power_of_two=False)
 

@@ -182,7 +182,7 @@ def resolve_ng_amplitudes(ng_model: str, fnl: float | None, gnl: float | None,
 
     Model ``local``: f_NL defaults to DEFAULT_FNL, g_NL to 0. Model ``gnl``: f_NL
     defaults to 0 (the local default must not leak into a g_NL file) and g_NL must be
-    given, since no value is standard (benchmarks/kurtosis_threshold.py gives the scale).
+    given, since no value is standard (studies/kurtosis_threshold.py gives the scale).
     With a per-map distribution ``fnl_dist`` (a SPEC, "" = none): f_NL is 0 and may not
     be given (even as 0), and the model must be ``local``.
     Other conflicts and non-finite values are left to :func:`check_ng_amplitudes`.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End to end at L = 1024: simulate 6 maps, scatter them (killed with SIGKILL midway, then
 # resumed), scatter again as 3 shards, combine them (HDF5 virtual datasets) and check the
-# combined file equals the unsharded one. Usage: bash benchmarks/scatter_stage_demo.sh [WORKDIR]
+# combined file equals the unsharded one. Usage: bash studies/scatter_stage_demo.sh [WORKDIR]
 set -uo pipefail
 BIN=${BIN:-$(dirname "$(command -v python)")}
 W=${1:-$(mktemp -d)}

@@ -1,11 +1,11 @@
 """The hybrid ensemble's response fitted against the anchor (paired), read on test sets.
 
-    python benchmarks/fnl_paired_calibration.py --run results/fnl_regression \\
+    python studies/fnl_paired_calibration.py --run results/fnl_regression \\
         --anchor-calib results/fnl_paired/anchor_calib --test results/fnl_regression results/fnl_eighth
 
     # the ninth reading (docs/fnl_regression.md): 1600 more calibration maps, a new test set
-    python benchmarks/fnl_paired_calibration.py --run results/fnl_regression --run-calib-first 800 \\
-        --anchor-calib results/fnl_paired/anchor_calib --slices results/fnl_ninth/calib/*.npz \\
+    python studies/fnl_paired_calibration.py --run results/fnl_regression --run-calib-first 800 \\
+        --anchor-calib results/fnl_paired/anchor_calib --slices studies/data/fnl_ninth_reading_calibration/*.npz \\
         --test results/fnl_ninth
 
 The pipeline's calibration (:func:`cmbscat.experiment.fnl_report.calibrated_result`) fits
@@ -16,8 +16,9 @@ E[mu - f_anchor | f] = E[mu | f] - f, with the realisation's part cancelled as i
 bias. ``--anchor-calib``: the anchor's evaluation on the calibration maps' statistics
 (``cmbscat stats sims_calib.h5``, then ``cmbscat evaluate runs/cubic_fisher/seed0 ... --out``).
 ``--slices``: more calibration maps, each file the hybrid seeds' and the anchor's estimates
-of slices of a set (``benchmarks/fnl_calibration_slices.sh``), added to the run's. Prints both
-fits and, for each ``--test`` folder (as ``benchmarks/fnl_test_reading.py`` reads it), the
+of slices of a set (as ``studies/map_set.py``'s docstring makes them; the ninth reading's are
+kept in studies/data/fnl_ninth_reading_calibration/), added to the run's. Prints both
+fits and, for each ``--test`` folder (as ``studies/fnl_test_reading.py`` reads it), the
 anchor and the ensemble, uncorrected and read through each fit.
 """
 
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fnl_test_reading import (hybrid_seeds, load_calibration, load_test_set,  # benchmarks/: this script's folder
+from fnl_test_reading import (hybrid_seeds, load_calibration, load_test_set,  # studies/: this script's folder
                               require_paths, row)
 
 from cmbscat.experiment.fnl_calibration import ResponseCalibration
@@ -41,7 +42,7 @@ def calibration_set(run: Path, anchor_calib: Path, slices: list[Path],
     """(true f_NL, the hybrid ensemble's mean, the anchor's estimate) of every calibration map:
     the run's own (its seeds' estimates in ``runs/hybrid/seed*/calib``, the anchor's in
     ``anchor_calib``; only the first ``first`` of them if given), then each of ``slices``
-    (``fnl_calibration_slices.sh``'s files)."""
+    (npz files: fnl, seeds, per_seed, anchor, runs; see ``studies/map_set.py``)."""
     seeds = hybrid_seeds(run)
     calib = ensemble_result(load_calibration(run, seeds))
     true, mean = [calib.true[:first]], [calib.predictions[0][:first, 0]]

@@ -1,6 +1,6 @@
 """Read a scan folder as it stands: each amplitude's current results, A95 and its ratio to S's.
 
-    python benchmarks/scan_reading.py results/fnl_scan_800 --amplitudes 5 10 20
+    python studies/scan_reading.py results/fnl_scan_800 --amplitudes 5 10 20
 
 `cmbscat pipeline --scan` settles every amplitude before it writes its table, so a scan
 whose last amplitude is still running has no table yet. This reads the finished

@@ -1,6 +1,6 @@
 """Figure: the modulus moves wavelet energy from high to low multipoles.
 
-    python benchmarks/energy_figure.py [--lmax 1023] [--scales 6 9] [--out docs/scattering_energy.png]
+    python studies/energy_figure.py [--lmax 1023] [--scales 6 9] [--out docs/scattering_energy.png]
 
 For a Gaussian CMB sky f (Planck 2018 TT, uK, band-limited at lmax) and two wavelet
 scales j, plots the angular power spectrum C_l of f * Psi_j (confined to

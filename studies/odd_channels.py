@@ -1,6 +1,6 @@
 """Choosing the odd channels: held-out sensitivity of q = 1 vs q = 2, and per pair.
 
-    python benchmarks/odd_channels.py --train results/fnl_scan/fnl_10/sims_train.h5 \\
+    python studies/odd_channels.py --train results/fnl_scan/fnl_10/sims_train.h5 \\
         --test results/fnl_scan/fnl_10/sims_test.h5 --n-train 100 --n-test 100
 
 For every map (the first --n-train / --n-test maps of two sims files with labels) the

@@ -1,11 +1,11 @@
 """The sixth f_NL run: the fifth run's hybrid ensemble with its response calibrated on new maps.
 
-    python benchmarks/fnl_response_calibration.py [--calibration docs/fnl_calibration]
+    python studies/fnl_response_calibration.py [--calibration studies/data/fnl_sixth_run_calibration]
         [--run results/fnl_regression_fifth]
 
 Reads the ensemble's estimates on the calibration maps (``truth.npy``: true f_NL and seed
 per map; ``predictions.npy``: the ensemble's (mean, sigma); ``per_seed.npy``: each seed's,
-as ``benchmarks/fnl_calibration_maps.sh`` writes them) and the fifth run's test
+as the commands in ``studies/map_set.py``'s docstring write them) and the fifth run's test
 evaluations (each hybrid seed's ``predictions.npy``, the anchor's), fits the response
 (:class:`cmbscat.experiment.fnl_calibration.ResponseCalibration`) by the rule of
 docs/fnl_regression.md (scale 60, r increasing on [-90, 90]) and prints, uncorrected and
@@ -40,7 +40,7 @@ def row(label: str, result: FnlResult, anchor: FnlResult, anchor_sigma: float) -
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calibration", type=Path, default=Path("docs/fnl_calibration"))
+    parser.add_argument("--calibration", type=Path, default=Path("studies/data/fnl_sixth_run_calibration"))
     parser.add_argument("--run", type=Path, default=Path("results/fnl_regression_fifth"),
                         help="the fifth run's folder (its scat_test.h5 and runs/*/seed*/ evaluations)")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """Learning curves: test accuracy against the number of training maps, per method.
 
-    python benchmarks/learning_curve.py --out results/learning_curve
-    python benchmarks/learning_curve.py --out results/learning_curve --fnl 30 --sizes 160 1280
+    python studies/learning_curve.py --out results/learning_curve
+    python studies/learning_curve.py --out results/learning_curve --fnl 30 --sizes 160 1280
 
 For each f_NL (default 30 and 10) this builds, with the pipeline's own stages
 (resumable, reused when current, refused when they record other settings), a

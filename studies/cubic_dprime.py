@@ -1,7 +1,7 @@
 """How well the cubic statistic S and the skewness separate the classes: d' and cost per map.
 
-    python benchmarks/cubic_dprime.py [--n 50] [--nside 512] [--lmax 1023] [--fnl 50] [--seed 0]
-    python benchmarks/cubic_dprime.py --stats results/fnl_scan/fnl_50/stats_*.h5   # no simulation
+    python studies/cubic_dprime.py [--n 50] [--nside 512] [--lmax 1023] [--fnl 50] [--seed 0]
+    python studies/cubic_dprime.py --stats results/fnl_scan/fnl_50/stats_*.h5   # no simulation
 
 Draws --n maps per class as a sims file does (map i: seed ``map_seeds(seed, 2n)[i]``,
 label i % 2; the classes share no seeds) and prints, for S

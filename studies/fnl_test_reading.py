@@ -1,12 +1,12 @@
 """An f_NL run's hybrid ensemble, uncorrected and calibrated, read against the anchor on a test set.
 
-    python benchmarks/fnl_test_reading.py --run results/fnl_regression [--test results/fnl_eighth]
+    python studies/fnl_test_reading.py --run results/fnl_regression [--test results/fnl_eighth]
 
 ``--run``: the f_NL pipeline's folder (its hybrid seeds' estimates of the calibration maps,
 ``runs/hybrid/seed*/calib``, and ``scat_calib.h5``). ``--test``: a folder holding a test set
 and the evaluations on it (``scat_test.h5``, ``runs/hybrid/seed*`` and
-``runs/cubic_fisher/seed0``, as ``benchmarks/fnl_new_test_set.sh`` writes them); default
-the run's own. Prints, as the pipeline's table computes them (the seeds' ensemble; the
+``runs/cubic_fisher/seed0``, as ``studies/map_set.py --name test`` and the evaluations in
+its docstring write them); default the run's own. Prints, as the pipeline's table computes them (the seeds' ensemble; the
 response fitted on the calibration maps, :func:`cmbscat.experiment.fnl_report.calibrated_result`):
 sigma(f_NL) at 0 and its ratio to the anchor's, the 68 / 95 % coverage with its count, and
 the paired bias against the anchor per true f_NL and its odd part (/ sigma).

@@ -1,6 +1,6 @@
 """Is the power-spectrum classifier at chance? A null test of the matched spectra.
 
-    python benchmarks/powspec_null.py results/paper/sims_train.h5 results/paper/sims_test.h5
+    python studies/powspec_null.py results/paper/sims_train.h5 results/paper/sims_test.h5
 
 1. Class means of the binned log power spectrum (the ``powspec`` features) over all
    maps of both files: per-bin difference non-Gaussian minus Gaussian in units of its

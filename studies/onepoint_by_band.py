@@ -1,6 +1,6 @@
 """Where the one-point information lives: skewness + kurtosis accuracy against band limit.
 
-    python benchmarks/onepoint_by_band.py results/paper/sims_train.h5 results/paper/sims_test.h5
+    python studies/onepoint_by_band.py results/paper/sims_train.h5 results/paper/sims_test.h5
 
 Reads the training and test sims files of an experiment (``make reproduce`` writes
 them), cuts every map's a_lm at each band limit ``lmax_cut`` (a sharp cut, as the

@@ -1,6 +1,6 @@
 """Roughly which g_NL makes the non-Gaussian class detectable by the kurtosis of ONE map.
 
-    python benchmarks/kurtosis_threshold.py [--nside 512] [--lmax 1023] [--n 24] [--gnl 1e5]
+    python studies/kurtosis_threshold.py [--nside 512] [--lmax 1023] [--n 24] [--gnl 1e5]
 
 Measures the scatter of the one-map excess kurtosis over Gaussian maps (sigma_G) and
 the mean excess kurtosis of ``--ng-model gnl`` maps at a reference g_NL; the kurtosis is

@@ -1,6 +1,6 @@
 """Bias of the anchor f_NL estimator f_hat = (T_CMB / 3) S / F, measured with antithetic pairs.
 
-    python benchmarks/fnl_anchor_bias.py [--n 200] [--fnl 20 40 60] [--nside 512] [--lmax 1023] [--seed 1000]
+    python studies/fnl_anchor_bias.py [--n 200] [--fnl 20 40 60] [--nside 512] [--lmax 1023] [--seed 1000]
 
 The bias of an estimator unbiased to ~0.1 sigma cannot be bounded from independent maps
 at a few hundred maps per f_NL value (the standard error is sigma / sqrt(n)). This script

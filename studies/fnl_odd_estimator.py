@@ -1,9 +1,9 @@
 """Would an f_NL network made odd in the map be unbiased? A post-hoc check on a trained run.
 
-    python benchmarks/fnl_odd_estimator.py RUN_DIR TEST_FILE ANCHOR_PREDICTIONS
+    python studies/fnl_odd_estimator.py RUN_DIR TEST_FILE ANCHOR_PREDICTIONS
 
 The map -x of a field -g with f_NL -f is exactly minus the map x of g with f_NL f
-(benchmarks/fnl_anchor_bias.py), so (x, f) and (-x, -f) are equally likely. A network's
+(studies/fnl_anchor_bias.py), so (x, f) and (-x, -f) are equally likely. A network's
 estimate m(x) can be made odd, m_odd(x) = [m(x) - m(-x)] / 2: its bias is then odd in f_NL
 and zero at 0, exactly, whatever the network learned. For the hybrid, -x has the
 coefficients of x with its odd channels (S[empty path] and every C[j1, j2]) negated and the

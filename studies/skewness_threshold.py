@@ -1,6 +1,6 @@
 """Roughly which f_NL makes the non-Gaussian class detectable by the skewness of ONE map.
 
-    python benchmarks/skewness_threshold.py [--nside 512] [--lmax 1023] [--n 24]
+    python studies/skewness_threshold.py [--nside 512] [--lmax 1023] [--n 24]
 
 Measures the scatter of the one-map skewness over Gaussian maps (sigma_G) and the
 mean skewness of non-Gaussian maps at a reference f_NL; the skewness is linear in
