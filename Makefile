@@ -3,9 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
-# A CPU build of PyTorch: small, and enough for everything but fast training.
-# Users with a GPU: install the CUDA build of torch first, then `make install`.
-TORCH  ?= torch==2.13.0
+# PyTorch. From PyPI on Linux, torch==2.13.0 is the CUDA build (several GB with its nvidia-*
+# packages; it runs on the CPU too). For the small CPU-only build, give PyTorch's CPU index:
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH       ?= torch==2.13.0
+TORCH_INDEX ?=
 
 .PHONY: install test smoke reproduce reproduce-sealed fnl-scan fnl-scan-800 gnl-scan fnl-regression observed learning-curve bench clean
 
@@ -14,15 +16,16 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 install: $(PY)  ## create .venv and install cmbscat with its test extras
+	$(if $(TORCH_INDEX),$(PY) -m pip install --quiet "$(TORCH)" --index-url "$(TORCH_INDEX)",)
 	$(PY) -m pip install --quiet "$(TORCH)" -e ".[dev]"
 
 test:  ## run the test suite
 	$(BIN)/pytest -q
 
-smoke:  ## a tiny end-to-end run of every stage (minutes on 2 cores)
+smoke:  ## a tiny end-to-end run of every stage (about a minute on 2 cores)
 	$(BIN)/cmbscat pipeline pipelines/smoke.json
 
-reproduce:  ## the paper experiment, every stage, with a results table (hours on 2 cores)
+reproduce:  ## the paper experiment at L = 1024, every stage, with a results table (under 2 h on 2 cores)
 	$(BIN)/cmbscat pipeline pipelines/paper.json
 
 reproduce-sealed:  ## the paper experiment's final table of a release: also the sealed test set

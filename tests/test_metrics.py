@@ -65,3 +65,24 @@ def test_paired_difference_is_the_difference_of_seed_mean_accuracies():
     per_map = a.mean(axis=0) - b
     se = per_map.std(ddof=1) / np.sqrt(per_map.size)
     assert (high - low) / 2 == pytest.approx(se, rel=0.15)
+
+
+def test_sign_flip_test_is_mcnemar_for_one_seed_and_exact_against_enumeration():
+    """One seed per method: the sign-flip p-value is McNemar's; several seeds: it equals the
+    p-value counted over all 2^n sign vectors, and a real difference gives a small p."""
+    import itertools
+
+    from cmbscat.experiment.metrics import paired_sign_flip_p
+
+    rng = np.random.default_rng(3)
+    a, b = rng.random(60) < 0.8, rng.random(60) < 0.6
+    assert paired_difference(a, b)["p"] == pytest.approx(mcnemar_exact(a, b), rel=1e-9)
+    scores = np.array([3, -1, 2, 0, 1, 1, -2, 3, 1, 2])
+    signs = np.array(list(itertools.product([-1, 1], repeat=scores.size)))
+    counted = np.mean(np.abs(signs @ scores) >= abs(scores.sum()))
+    assert paired_sign_flip_p(scores) == pytest.approx(counted, rel=1e-12)
+    assert paired_sign_flip_p(np.zeros(5, int)) == 1.0
+    three = rng.random((3, 400)) < 0.9
+    worse = rng.random((3, 400)) < 0.8
+    assert paired_difference(three, worse)["p"] < 1e-4
+    assert paired_difference(three, three)["p"] == 1.0

@@ -31,10 +31,17 @@ def _table_rows(table: str) -> list[str]:
 
 
 def test_smoke_pipeline_runs_every_stage_seeds_and_resumes(tmp_path):
-    config, cfg = _write_config(tmp_path)
+    page = tmp_path / "page.md"
+    marked = f"<!-- table:begin {tmp_path / 'table.md'} -->\nold\n<!-- table:end -->"
+    page.write_text(f"# Report\n\n{marked}\n\nReading.\n")
+    config, cfg = _write_config(tmp_path, docs_page=str(page))
     first = run_cli("pipeline", config, "--no-progress", "--device", "cpu", check=True)
     table = (tmp_path / "table.md").read_text()
     assert len(_table_rows(table)) == 6, table
+    # the report writer put the very table into its page, between the markers
+    assert table.split("\n", 1)[1].strip() in page.read_text() and "\nold\n" not in page.read_text()
+    assert page.read_text().endswith("<!-- table:end -->\n\nReading.\n")
+    assert "Wall clock from the first stage's start to the last one's end" in table
     out = tmp_path / "out"
     for model in ("hybrid", "baseline"):
         seeds = [json.loads((out / "runs" / model / f"seed{k}" / "metrics.json").read_text())

@@ -46,6 +46,7 @@ def _sub_config(cfg: dict, name: str, config_path) -> tuple[dict, Path]:
            "simulate": {**cfg["simulate"], "observation": cfg["observations"][name]},
            "title": f"{cfg.get('title', 'Observed skies')}: {name}", "config_name": str(config_path)}
     sub.pop("observations")
+    sub.pop("docs_page", None)  # the page reports the comparison table, not each setting's
     return sub, folder / "config.json"
 
 
@@ -65,6 +66,7 @@ def run_observed(config_path: str | Path, device: str = "auto", progress: bool =
     """Run the experiment of ``config_path`` in each of its ``observations`` settings, then
     the first setting's models on every other setting's test maps; write the comparison
     table ``<out>/observed_table.md`` (or the config's ``table``) and return its path."""
+    from cmbscat.experiment.docs_page import check_config_page, fill_config_page
     from cmbscat.experiment.pipeline import (Experiment, Runner, current_results, load_config,
                                              model_seeds, run_pipeline, select_models)
 
@@ -75,6 +77,8 @@ def run_observed(config_path: str | Path, device: str = "auto", progress: bool =
         raise CmbscatError(f"{config_path} needs an 'observations' object of named settings")
     if cfg.get("target", "label") != "label":
         raise CmbscatError("an observations config compares classifiers (target label)")
+    table = Path(cfg.get("table", Path(cfg["out"]) / "observed_table.md"))
+    check_config_page(cfg, table)  # before anything runs
     models = select_models(cfg, only)
     results, subs = {}, {}
     for name in settings:
@@ -105,10 +109,11 @@ def run_observed(config_path: str | Path, device: str = "auto", progress: bool =
                 runner.settle(stage)
                 per_seed.append(json.loads((out_dir / "metrics.json").read_text()))
             transfers[name][model] = transfer_summary(per_seed)
-    table = Path(cfg.get("table", Path(cfg["out"]) / "observed_table.md"))
     table.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(table, observed_table(cfg, results, transfers))
     click.echo(table.read_text(), err=True)
+    if fill_config_page(cfg, table):
+        click.echo(f"wrote the table into {cfg['docs_page']}", err=True)
     return table
 
 

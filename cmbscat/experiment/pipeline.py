@@ -682,13 +682,12 @@ def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool =
     """
     cfg = load_config(config_path)
     cfg.setdefault("config_name", str(config_path))
-    results = run_experiment(cfg, device, progress, only, rerun_changed, sealed, executor)
     table = Path(cfg.get("table", Path(cfg["out"]) / "table.md"))
+    _check_docs_page(cfg, table)
+    results = run_experiment(cfg, device, progress, only, rerun_changed, sealed, executor)
     table.parent.mkdir(parents=True, exist_ok=True)
     runner = Runner(Path(cfg["out"]))
     timings = runner.timings
-    if cfg.get("target") != "fnl":
-        timings = {**timings, WALL_CLOCK_KEY: wall_clock(runner.spans)}
     if cfg.get("target") == "fnl":
         from cmbscat.experiment.fnl_report import (fnl_table, plot_fnl_methods, with_calibrations,
                                                    with_ensembles)
@@ -698,9 +697,27 @@ def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool =
         atomic_write_text(table, fnl_table(cfg, by_model, timings))
         plot_fnl_methods(table.with_suffix(".png"), by_model)
     else:
+        timings = {**timings, WALL_CLOCK_KEY: wall_clock(runner.spans)}
         atomic_write_text(table, results_table(cfg, results, timings))
     click.echo(table.read_text(), err=True)
+    _fill_docs_page(cfg, table)
     return table
+
+
+def _check_docs_page(cfg: dict, table: Path) -> None:
+    from cmbscat.experiment.docs_page import check_config_page
+
+    check_config_page(cfg, table)
+
+
+def _fill_docs_page(cfg: dict, table: Path) -> None:
+    """Write ``table`` into the config's ``"docs_page"`` (if any), in the block marked with
+    the table's path (:mod:`cmbscat.experiment.docs_page`)."""
+    from cmbscat.experiment.docs_page import fill_config_page
+
+    page = fill_config_page(cfg, table)
+    if page:
+        click.echo(f"wrote the table into {page}", err=True)
 
 
 def run_experiment(cfg: dict, device: str = "auto", progress: bool = True,
@@ -877,12 +894,13 @@ def paired_table(cfg: dict, by_model: dict[str, ModelResult]) -> list[str]:
             d = paired_difference(a.correct, b.correct)
             rows.append(f"| {METHOD_NAMES.get(ref, ref)} − {METHOD_NAMES.get(other, other)} | "
                         f"{100 * d['difference']:+.1f} | {100 * d['interval68'][0]:+.1f} to "
-                        f"{100 * d['interval68'][1]:+.1f} | {d['mcnemar_p']:.2g} |")
+                        f"{100 * d['interval68'][1]:+.1f} | {d['p']:.2g} |")
     if not rows:
         return []
     return ["Paired differences on the same test maps (accuracy points; 68 % interval from a "
-            "bootstrap over test maps; McNemar's exact test, the largest p over pairs of seeds):",
-            "", "| comparison | difference | 68 % interval | McNemar p |", "|---|---|---|---|", *rows]
+            "bootstrap over test maps; p: one exact paired sign-flip test of the seed-mean "
+            "difference, combined over seeds, McNemar's exact test for one seed each):",
+            "", "| comparison | difference | 68 % interval | p |", "|---|---|---|---|", *rows]
 
 
 def choose_fnl(results: dict[float, dict], method: str, accuracy: float) -> float | None:
@@ -924,6 +942,7 @@ def run_scan(config_path: str | Path, device: str = "auto", progress: bool = Tru
     list_key, setting, label = scan_parameter(cfg, config_path)
     models = select_models(cfg, only)
     out = Path(cfg["out"])
+    _check_docs_page(cfg, out / f"{setting}_scan.md")
     results: dict[float, dict[str, dict]] = {}
     for value in cfg[list_key]:
         folder = out / f"{setting}_{value:g}"
@@ -931,6 +950,7 @@ def run_scan(config_path: str | Path, device: str = "auto", progress: bool = Tru
                "simulate": {**cfg["simulate"], setting: value}, "config_name": str(config_path)}
         sub.pop(list_key)
         sub.pop("choose_fnl", None)
+        sub.pop("docs_page", None)  # the page reports the scan's table, not each amplitude's
         sub_path = folder / "config.json"
         sub_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(sub_path, json.dumps(sub, indent=2))
@@ -964,6 +984,7 @@ def run_scan(config_path: str | Path, device: str = "auto", progress: bool = Tru
     atomic_write_text(table, "\n".join(lines) + "\n")
     _plot_scan(out / f"{setting}_scan.png", results, shown, label)
     click.echo(table.read_text(), err=True)
+    _fill_docs_page(cfg, table)
     return table
 
 
