@@ -35,7 +35,7 @@ from cmbscat.nn.disco import (  # noqa: E402
     disco_matrix,
     default_theta_cutoff,
 )
-from cmbscat.nn import disco  # noqa: E402
+from cmbscat.nn.disco import basis, cache, quadrature  # noqa: E402
 from cmbscat.nn.equivariance import alm_norm2, equivariance_error, random_alm, random_rotation  # noqa: E402
 from cmbscat.healpix import rotate_alm  # noqa: E402
 
@@ -100,10 +100,10 @@ def equivariance_part(nsides, rotations: int) -> None:
 # ----------------------------------------------------------------------- build
 
 
-def _moment_corrected_lapack(row, val, k, theta, bearing, moments, degree, n_rows, rcond=1e-8, max_l1=disco.MAX_L1):
+def _moment_corrected_lapack(row, val, k, theta, bearing, moments, degree, n_rows, rcond=1e-8, max_l1=quadrature.MAX_L1):
     """The build's moment correction as first written, for comparison: (n_rows, J, J) Gram
     arrays from 21 bincounts, solved by one batched ``numpy.linalg.inv`` (LAPACK per matrix)."""
-    m = disco._monomials(theta, bearing, degree)
+    m = basis._monomials(theta, bearing, degree)
     n_mono = m.shape[1]
     gram = np.zeros((n_rows, n_mono, n_mono))
     for a in range(n_mono):
@@ -140,26 +140,26 @@ def _moment_corrected_lapack(row, val, k, theta, bearing, moments, degree, n_row
     l1 = np.bincount(row, weights=np.abs(corrected), minlength=n_rows)
     good &= l1 <= max_l1
     fallback = ~good[row]
-    corrected[fallback] = disco._nodal(row, val, n_rows)[fallback]
+    corrected[fallback] = quadrature._nodal(row, val, n_rows)[fallback]
     return corrected
 
 
 def build_part(nside: int, kernel_shapes=(3, (3, 4))) -> None:
     """Fresh build time of the sparse DISCO tensor, library vs the batched-LAPACK reference."""
     print(f"## Build of the sparse tensor at nside {nside} (fresh, no cache)\n")
-    library = disco._moment_corrected
+    library = quadrature._moment_corrected
     rows = []
     for kernel_shape in kernel_shapes:
         geometry = DiscoGeometry(nside, nside, kernel_shape, default_theta_cutoff(nside, nside), "moment2")
         times, matrices = {}, {}
         for name, solver in (("batched LAPACK (reference)", _moment_corrected_lapack), ("library", library)):
-            disco._moment_corrected = solver
+            quadrature._moment_corrected = solver
             try:
                 t0 = time.perf_counter()
-                matrices[name] = disco.build_disco_matrix(geometry)
+                matrices[name] = quadrature.build_disco_matrix(geometry)
                 times[name] = time.perf_counter() - t0
             finally:
-                disco._moment_corrected = library
+                quadrature._moment_corrected = library
         ref, new = matrices.values()
         diff = abs(ref - new).max() / abs(ref).max()
         t_ref, t_new = times.values()
@@ -193,7 +193,7 @@ def scaling_part(nsides, repeats: int, batch: int = 4, channels: int = 16, kerne
     for n in nsides:
         npix = hp.nside2npix(n)
         theta = default_theta_cutoff(n, n)
-        disco._cached_matrix.cache_clear()  # time a fresh build, not the in-memory cache
+        cache._cached_matrix.cache_clear()  # time a fresh build, not the in-memory cache
         t0 = time.perf_counter()
         disco_matrix(DiscoGeometry(n, n, kernel_shape, theta, "moment2"))  # cached for the layer below
         build = time.perf_counter() - t0

@@ -209,10 +209,10 @@ def test_geometry_cached_in_memory_and_on_disk(tmp_path):
     c = DiscoConvS2(1, 2, 8, 4, 2, theta_cutoff=0.5, cache_dir=tmp_path)
     files = list(tmp_path.glob("disco_8_4_*.npz"))
     assert len(files) == 1
-    from cmbscat.nn import disco
+    from cmbscat.nn.disco import cache
 
-    disco._cached_matrix.cache_clear()
-    disco._torch_components.cache_clear()
+    cache._cached_matrix.cache_clear()
+    cache._torch_components.cache_clear()
     d = DiscoConvS2(1, 2, 8, 4, 2, theta_cutoff=0.5, cache_dir=tmp_path)
     assert torch.equal(c.psi_val, d.psi_val) and torch.equal(c.psi_col, d.psi_col)
 
@@ -247,7 +247,7 @@ def test_wrong_input_shape_is_refused():
 
 def test_torch_sparse_path_matches_cpu_path():
     """The device path (torch.sparse.mm, used on CUDA) gives the same product as the CPU (scipy) path."""
-    from cmbscat.nn.disco import _csr_matmul
+    from cmbscat.nn.disco.kernels import _csr_matmul
 
     layer = _double(DiscoConvS2(2, 2, 8, 4, 3))
     psi, _ = layer.sparse_tensors()
@@ -260,9 +260,9 @@ def test_torch_sparse_path_matches_cpu_path():
 def test_blocked_cpu_kernels_match_the_device_path(layer_type, nside_in, nside_out, monkeypatch):
     """The CPU kernels (blocks of output pixels) and the torch.sparse path used on CUDA agree,
     values and gradients, with blocks small enough that several are used."""
-    import cmbscat.nn.disco as disco
+    from cmbscat.nn.disco import kernels
 
-    monkeypatch.setattr(disco, "PIXELS_PER_BLOCK", 100)
+    monkeypatch.setattr(kernels, "PIXELS_PER_BLOCK", 100)
     layer = _double(layer_type(3, 2, nside_in, nside_out, 3, bias=False))
     layer._plan_key = None
     x = torch.randn(2, 3, hp.nside2npix(nside_in), dtype=torch.float64, requires_grad=True)
