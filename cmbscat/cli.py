@@ -67,41 +67,68 @@ def _progress_option(func):
                         help="Show a progress bar on stderr.")(func)
 
 
-def _fits_observation_options(func):
+def _fits_observation_options(func=None, *, analysis_nside=True, what="IN"):
     """The options that describe a user's FITS map (IN): its mask, apodization, beam,
-    noise, hits and the analysis nside (:mod:`cmbscat.sky.fits_map`)."""
+    noise, hits, unit, monopole and dipole, and (``analysis_nside``) the analysis nside
+    (:mod:`cmbscat.sky.fits_map`). ``what``: the argument the help names."""
+    if func is None:
+        return lambda f: _fits_observation_options(f, analysis_nside=analysis_nside, what=what)
     options = [
         click.option("--mask", "mask", default="", metavar="FITS|SPEC", show_default=False,
-                     help="FITS map IN only: its mask, a HEALPix FITS file with values in [0, 1] "
+                     help=f"FITS map {what} only: its mask, a HEALPix FITS file with values in [0, 1] "
                           "(0 masked; any nside, any ordering: regraded with a note, a coarse "
                           "pixel taking its smallest weight; NaN/UNSEEN pixels masked), or a "
                           "built-in SPEC as for simulate (galactic:DEG,sources:N). IN's own "
                           "NaN, inf and UNSEEN pixels are always masked (a note says how many). "
                           "Use the mask the model was trained with: evaluate compares them."),
         click.option("--apodize", "apodize", type=float, default=0.0, metavar="DEG",
-                     help="FITS map IN only: apodize the mask's edges over DEG degrees with "
+                     help=f"FITS map {what} only: apodize the mask's edges over DEG degrees with "
                           "simulate's C1 taper. Needs --mask. 0 = none."),
         click.option("--beam-fwhm", "beam_fwhm", type=float, default=0.0, metavar="ARCMIN",
-                     help="FITS map IN only: the Gaussian beam FWHM (arcmin) the map was observed "
+                     help=f"FITS map {what} only: the Gaussian beam FWHM (arcmin) the map was observed "
                           "with, as simulate's (the map is taken to carry its own nside's pixel "
                           "window too, exchanged for the analysis nside's when brought down). "
                           "Recorded; stats filter the cubic "
                           "statistic with it and draw its mean-field maps through it. 0 = none."),
         click.option("--noise", "noise", type=float, default=0.0, metavar="UK_ARCMIN",
-                     help="FITS map IN only: its white-noise depth (uK arcmin), as simulate's; "
+                     help=f"FITS map {what} only: its white-noise depth (uK arcmin), as simulate's; "
                           "recorded, and used by stats as --beam-fwhm is. 0 = none."),
         click.option("--hits", "hits", default="", metavar="FITS|scan", show_default=False,
-                     help="FITS map IN only: its hit map, as simulate's (needs --noise)."),
-        click.option("--nside", "nside", type=int, default=None,
-                     help="FITS map IN only: the analysis nside, that of the model's training sims. "
-                          "A map at a higher nside is brought down in harmonic space (its a_lm up to "
-                          "3*NSIDE-1, masked pixels set to 0 first, synthesised at NSIDE; not "
-                          "ud_grade, whose pixel averaging would add a pixel window the training "
-                          "maps never had); a map below it is refused. [default: the map's nside]"),
+                     help=f"FITS map {what} only: its hit map, as simulate's (needs --noise)."),
+        click.option("--unit", "unit", default=None, metavar="UNIT",
+                     help=f"FITS map {what} only: the temperature unit of its pixels, converted to uK "
+                          "(the simulations' unit): K_CMB, mK_CMB or uK_CMB, in any common spelling "
+                          "(K, Kcmb, mK, uK, muK, microK, ...). [default: the header's TUNIT1; a map "
+                          "whose header names no CMB temperature unit is refused]"),
+        click.option("--remove-dipole/--keep-dipole", "remove_dipole", default=True, show_default=True,
+                     help=f"FITS map {what} only: fit the monopole and dipole on its unmasked pixels "
+                          "(least squares) and subtract them, as the simulations have none (l = 0, "
+                          "1 at zero); a note gives both. On a cut sky the fit also takes up a "
+                          "few uK of the CMB's low multipoles, which the masked simulations keep: "
+                          "--keep-dipole uses a map whose full-sky l = 0, 1 are zero already as "
+                          "it is."),
     ]
+    if analysis_nside:
+        options.append(click.option(
+            "--nside", "nside", type=int, default=None,
+            help=f"FITS map {what} only: the analysis nside, that of the model's training sims. "
+                 "A map at a higher nside is brought down in harmonic space (its a_lm up to "
+                 "3*NSIDE-1, masked pixels set to 0 first, synthesised at NSIDE; not "
+                 "ud_grade, whose pixel averaging would add a pixel window the training "
+                 "maps never had); a map below it is refused. [default: the map's nside]"))
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def _fits_declared(mask, apodize, beam_fwhm, noise, hits, unit, remove_dipole) -> list[str]:
+    """The FITS options as given, for the command line a note shows."""
+    out = []
+    for option, value in (("--mask", mask), ("--apodize", apodize), ("--beam-fwhm", beam_fwhm),
+                          ("--noise", noise), ("--hits", hits), ("--unit", unit)):
+        if value:
+            out += [option, f"{value:g}" if isinstance(value, float) else str(value)]
+    return out + ([] if remove_dipole else ["--keep-dipole"])
 
 
 def _fits_observation(mask, apodize, beam_fwhm, noise, hits):
@@ -254,7 +281,7 @@ def simulate(out, n_maps, nside, lmax, fnl, gnl, seed, ng_model, store, fnl_dist
 @_shard_option
 @_progress_option
 def scatter(source, out, depth, J0, lam, lmax, oversample, min_nside, map2alm_iter, odd, odd_power,
-            mask, apodize, beam_fwhm, noise, hits, nside, shard, progress):
+            mask, apodize, beam_fwhm, noise, hits, unit, remove_dipole, nside, shard, progress):
     """Scattering coefficients of every map in IN (a sims file or a HEALPix FITS map) into OUT.
 
     OUT holds /coeffs float32 (N, C, npix_out) in RING order at nside_out (raw S[p], unit
@@ -270,18 +297,22 @@ def scatter(source, out, depth, J0, lam, lmax, oversample, min_nside, map2alm_it
     path: declare how it was observed with --mask/--apodize/--beam-fwhm/--noise (as the
     model's training sims were) and give --nside and --lmax of the model; OUT then records
     the observation as a sims file's scattering does, label -1 and /fnl NaN, for
-    `cmbscat evaluate RUN OUT`.
+    `cmbscat evaluate RUN OUT` (which, given the FITS map itself, runs this with the
+    model's settings). The map is converted to uK from its header's unit (or --unit),
+    and its monopole and dipole are removed (--keep-dipole keeps them).
     """
     from cmbscat.scattering.stage import scatter as run
     from cmbscat.scattering.transform import DEFAULT_ITER, DEFAULT_ODD_POWER, DEFAULT_OVERSAMPLE
+    from cmbscat.sky.fits_map import fits_reading
     from cmbscat.store import Shard
 
-    n_new = run(source, out, depth=depth, J0=J0, lam=lam, lmax=lmax,
-                oversample=DEFAULT_OVERSAMPLE if oversample is None else oversample,
-                iter=DEFAULT_ITER if map2alm_iter is None else map2alm_iter, min_nside=min_nside,
-                odd=odd, odd_power=DEFAULT_ODD_POWER if odd_power is None else odd_power,
-                shard=Shard.parse(shard) if shard else None, progress=progress,
-                observation=_fits_observation(mask, apodize, beam_fwhm, noise, hits), nside=nside)
+    with fits_reading(unit, remove_dipole):
+        n_new = run(source, out, depth=depth, J0=J0, lam=lam, lmax=lmax,
+                    oversample=DEFAULT_OVERSAMPLE if oversample is None else oversample,
+                    iter=DEFAULT_ITER if map2alm_iter is None else map2alm_iter, min_nside=min_nside,
+                    odd=odd, odd_power=DEFAULT_ODD_POWER if odd_power is None else odd_power,
+                    shard=Shard.parse(shard) if shard else None, progress=progress,
+                    observation=_fits_observation(mask, apodize, beam_fwhm, noise, hits), nside=nside)
     click.echo(f"wrote {out} ({n_new} maps computed now)" if n_new else f"{out} is already complete",
                err=True)
 
@@ -298,7 +329,8 @@ def scatter(source, out, depth, J0, lam, lmax, oversample, min_nside, map2alm_it
 @_fits_observation_options
 @_shard_option
 @_progress_option
-def stats(source, out, lmax, mean_field_maps, mask, apodize, beam_fwhm, noise, hits, nside, shard, progress):
+def stats(source, out, lmax, mean_field_maps, mask, apodize, beam_fwhm, noise, hits, unit, remove_dipole,
+          nside, shard, progress):
     """Classical statistics of every map in IN (a sims file or a HEALPix FITS map) into OUT.
 
     OUT holds, per map: /powspec (log10 binned C_l), /onepoint (skewness, excess
@@ -314,15 +346,20 @@ def stats(source, out, lmax, mean_field_maps, mask, apodize, beam_fwhm, noise, h
     A user's FITS map takes the same path with the observation declared by
     --mask/--apodize/--beam-fwhm/--noise (the cubic's mean field from Gaussian maps of
     that beam, noise and mask) at the model's --nside and --lmax; OUT records it, with
-    label -1 and /fnl NaN, for `cmbscat evaluate RUN OUT`.
+    label -1 and /fnl NaN, for `cmbscat evaluate RUN OUT` (which, given the FITS map
+    itself, runs this with the model's settings). The map is converted to uK from its
+    header's unit (or --unit), and its monopole and dipole are removed (--keep-dipole
+    keeps them).
     """
+    from cmbscat.sky.fits_map import fits_reading
     from cmbscat.stats.stage import compute_stats
     from cmbscat.store import Shard
 
-    n_new = compute_stats(source, out, lmax=lmax, shard=Shard.parse(shard) if shard else None,
-                          progress=progress, mean_field_maps=mean_field_maps,
-                          observation=_fits_observation(mask, apodize, beam_fwhm, noise, hits),
-                          nside=nside)
+    with fits_reading(unit, remove_dipole):
+        n_new = compute_stats(source, out, lmax=lmax, shard=Shard.parse(shard) if shard else None,
+                              progress=progress, mean_field_maps=mean_field_maps,
+                              observation=_fits_observation(mask, apodize, beam_fwhm, noise, hits),
+                              nside=nside)
     click.echo(f"wrote {out} ({n_new} maps computed now)" if n_new else f"{out} is already complete",
                err=True)
 
@@ -447,9 +484,10 @@ def train(data, run_dir, model, epochs, batch_size, lr, weight_decay, val_fracti
                    "fit it more precisely). RUN_DIR: a run trained with --model cubic_fisher "
                    "--target fnl (the cubic statistic's S / F); STATS.h5: `cmbscat stats` of the "
                    "calibration maps' sims (the same /seeds and /fnl as CALIB.h5).")
+@_fits_observation_options(analysis_nside=False, what="TEST")
 @_progress_option
 def evaluate(run_dirs, test, out_dir, device, force, reference, calibration, calibration_reference,
-             progress):
+             mask, apodize, beam_fwhm, noise, hits, unit, remove_dipole, progress):
     """Score the run in RUN_DIR on the labelled maps of TEST, or on a user's maps.
 
     Writes metrics.json (accuracy with its 68 % Wilson interval, ROC AUC, confusion
@@ -475,36 +513,56 @@ def evaluate(run_dirs, test, out_dir, device, force, reference, calibration, cal
     --calibrate CALIB.h5 corrects an f_NL estimator's (or ensemble's) response, measured
     on simulations with known f_NL (cmbscat.experiment.fnl_calibration), against their
     true f_NL or, with --calibrate-against, against the cubic statistic's estimates of them.
+
+    TEST may be a user's HEALPix FITS map itself: it is first made into the model's input
+    (cmbscat scatter or stats with the settings the run folder records in input.json, a
+    note shows the command, into a temporary file), with the FITS options given here
+    (--mask, --apodize, --beam-fwhm, --noise, --hits: how the map was observed, as the
+    training maps were; --unit; --keep-dipole), then scored as above.
     """
+    import tempfile
+    from pathlib import Path
+
     from cmbscat.experiment.evaluate import evaluate as run
-    from cmbscat.experiment.evaluate import (CalibrationMaps, evaluate_ensemble, is_unlabelled,
-                                             score_maps, score_maps_ensemble)
+    from cmbscat.experiment.evaluate import CalibrationMaps, evaluate_ensemble, fits_input, is_unlabelled
+    from cmbscat.sky.fits_map import stderr_note
 
     if calibration_reference:
         if calibration is None:
             raise CmbscatError("--calibrate-against needs --calibrate CALIB.h5 (the maps it estimates)")
         calibration = CalibrationMaps(calibration, *calibration_reference)
 
-    unlabelled = _is_stage_file(test) and is_unlabelled(test)
     if len(run_dirs) > 1:
-        if out_dir is None:
-            raise CmbscatError(f"an ensemble of {len(run_dirs)} runs needs --out FOLDER for its results "
-                               "(it belongs to no one run's folder)")
-        if reference is not None:
-            raise CmbscatError("--reference is for classifiers; an ensemble of f_NL estimators needs none")
-        if unlabelled:
-            _print_scores(score_maps_ensemble(run_dirs, test, out_dir, device=device, progress=progress,
-                                              force=force, calibration=calibration), out_dir)
-            return
+        _ensemble_options(run_dirs, out_dir, reference)
+    declared = _fits_declared(mask, apodize, beam_fwhm, noise, hits, unit, remove_dipole)
+    if _is_fits_map(test):
+        from cmbscat.store import file_sha256
+
+        with tempfile.TemporaryDirectory(prefix="cmbscat-input-") as folder:
+            made, command = fits_input(
+                run_dirs, test, folder, _fits_observation(mask, apodize, beam_fwhm, noise, hits), unit,
+                remove_dipole, declared, progress,
+                note=lambda line: stderr_note(f"{test} is a FITS map: made this model's input as `{line}` "
+                                              "(a temporary file; run that command to keep it)"),
+                force=force)
+            made_from = {"fits_map": str(Path(test).resolve()), "fits_map_sha256": file_sha256(test),
+                         "input_command": command}
+            _score_unlabelled(run_dirs, made, out_dir, reference, device, progress, force, calibration,
+                              made_from)
+        return
+    if declared:
+        names = ", ".join(o for o in declared if o.startswith("--"))
+        raise CmbscatError(f"{names} describe a FITS map TEST; {test} is not one (a stage file records "
+                           "how its maps were read)")
+    if _is_stage_file(test) and is_unlabelled(test):
+        _score_unlabelled(run_dirs, test, out_dir, reference, device, progress, force, calibration)
+        return
+    if len(run_dirs) > 1:
         m = evaluate_ensemble(run_dirs, test, out_dir, device=device, progress=progress, force=force,
                               calibration=calibration)
         _echo_fnl_metrics(f"ensemble of {len(run_dirs)} runs", test, m)
         return
     run_dir = run_dirs[0]
-    if unlabelled:
-        _print_scores(score_maps(run_dir, test, reference, out_dir, device=device, progress=progress,
-                                 force=force, calibration=calibration), out_dir or run_dir)
-        return
     if reference is not None:
         raise CmbscatError(f"--reference is for unlabelled maps (a user's map); {test} is labelled")
     m = run(run_dir, test, out_dir, device=device, progress=progress, force=force, calibration=calibration)
@@ -515,6 +573,43 @@ def evaluate(run_dirs, test, out_dir, device, force, reference, calibration, cal
     auc = f"{m['auc']:.3f}" if m["auc"] is not None else "n/a (one class)"
     click.echo(f"{run_dir} on {test}: accuracy {m['accuracy']:.3f} (68 % Wilson interval "
                f"{low:.3f}-{high:.3f}), AUC {auc}, n = {m['n']}", err=True)
+
+
+def _ensemble_options(run_dirs, out_dir, reference) -> None:
+    """Refuse, in one line, what an ensemble of several runs cannot take."""
+    if out_dir is None:
+        raise CmbscatError(f"an ensemble of {len(run_dirs)} runs needs --out FOLDER for its results "
+                           "(it belongs to no one run's folder)")
+    if reference is not None:
+        raise CmbscatError("--reference is for classifiers; an ensemble of f_NL estimators needs none")
+
+
+def _score_unlabelled(run_dirs, data, out_dir, reference, device, progress, force, calibration,
+                      made_from=None) -> None:
+    """Score the unlabelled maps of ``data`` (a user's) with one run or an ensemble, and print
+    one line per map."""
+    from cmbscat.experiment.evaluate import score_maps, score_maps_ensemble
+
+    if len(run_dirs) > 1:
+        _ensemble_options(run_dirs, out_dir, reference)
+        _print_scores(score_maps_ensemble(run_dirs, data, out_dir, device=device, progress=progress,
+                                          force=force, calibration=calibration, made_from=made_from), out_dir)
+        return
+    _print_scores(score_maps(run_dirs[0], data, reference, out_dir, device=device, progress=progress,
+                             force=force, calibration=calibration, made_from=made_from),
+                  out_dir or run_dirs[0])
+
+
+def _is_fits_map(path) -> bool:
+    """True for an existing file that is FITS (not HDF5): a user's map given as TEST."""
+    from pathlib import Path
+
+    import h5py
+
+    from cmbscat.sky.source import _is_fits
+
+    path = Path(path)
+    return path.is_file() and not h5py.is_hdf5(path) and _is_fits(path)
 
 
 def _echo_fnl_metrics(what, test, m: dict) -> None:
@@ -545,11 +640,13 @@ def _print_scores(result: dict, out_dir) -> None:
         if result["target"] == "fnl":
             click.echo(f"map {row['index']}: f_NL = {row['fnl']:.4g} +/- {row['sigma_fnl']:.3g} (1 sigma)")
         else:
-            n = result["n_reference_gaussian"]
-            click.echo(f"map {row['index']}: score {row['score']:+.4f} (logit), P(non-Gaussian) "
-                       f"{row['probability']:.4f}, false-alarm p = {row['p_value']:.4g} "
-                       f"({row['n_gaussian_at_or_above']} of {n} Gaussian reference maps score >= it; "
-                       f"floor {result['p_value_floor']:.3g})")
+            n, k = result["n_reference_gaussian"], row["n_gaussian_at_or_above"]
+            below = ("; it scores below every one of them: unlike the Gaussian simulations the other "
+                     "way (check its unit, mask and monopole)" if k == n else "")
+            click.echo(f"map {row['index']}: one-sided p = {row['p_value']:.4g} (the fraction of Gaussian "
+                       f"reference maps scoring >= it, the map counted: {k} of {n}; floor "
+                       f"{result['p_value_floor']:.3g}){below}; score {row['score']:+.4f} (logit; sigmoid "
+                       f"{row['probability']:.4f}: a score, not a calibrated probability)")
     click.echo(f"wrote {Path(out_dir) / 'scores.json'}", err=True)
 
 

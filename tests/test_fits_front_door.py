@@ -1,7 +1,13 @@
 """A user's HEALPix FITS map through the masked-map path (issue 13, part 3): scatter and stats
 of MAP.fits with --mask/--apodize/--beam-fwhm/--noise as for an observed sims file, NESTED and
 UNSEEN input, a map above the model's nside, evaluate's per-map score, probability and
-false-alarm probability, and the bad inputs refused in one line."""
+false-alarm probability, and the bad inputs refused in one line.
+
+The maps are written in uK with TUNIT1 = 'uK' (a map without a unit is refused). The masked
+sims were not refitted for a monopole and dipole on the cut sky, so the comparisons of a
+masked FITS map with its sims map read it with --keep-dipole (the default fit on the cut sky
+takes up a part of the CMB's low multipoles: test_the_default_removes_the_cut_sky_fit); the
+unit and the removal themselves are tested in test_own_map.py."""
 
 import json
 
@@ -17,6 +23,7 @@ from cmbscat.experiment import datasets
 from cmbscat.experiment.evaluate import evaluate, false_alarm_probability, predict
 from cmbscat.experiment.train import TrainConfig, train
 from cmbscat.scattering.stage import scatter
+from cmbscat.sky.fits_map import fits_reading
 from cmbscat.sky.observe import ObservationConfig
 from cmbscat.sky.pixel_window import pixel_window
 from cmbscat.sky.simulate import SimulationConfig, simulate
@@ -29,6 +36,7 @@ NSIDE, LMAX, J0 = 32, 63, 3
 OBSERVED = dict(noise_uk_arcmin=30.0, beam_fwhm_arcmin=60.0, mask="galactic:20", apodize_deg=5.0)
 SCATTER = ["--depth", "1", "--J0", str(J0), "--lmax", str(LMAX), "--no-progress"]
 DECLARED = ["--apodize", "5", "--beam-fwhm", "60", "--noise", "30"]  # with --mask MASK.fits
+KEEP = "--keep-dipole"  # compared with the masked sims map, which was not refitted on the cut sky
 INDEX = 1  # the test map written as FITS (a non-Gaussian one: map i has label i % 2)
 
 
@@ -64,7 +72,8 @@ def files(tmp_path_factory):
                                ("ring64", hp.alm2map(hp.almxfl(alm, pixel_window(64, LMAX) / pixel_window(NSIDE, LMAX)),
                                                      64, lmax=LMAX), False)):
         out[name] = root / f"{name}.fits"
-        hp.write_map(str(out[name]), values, nest=nest, dtype=np.float64)
+        unit = {} if name.startswith("mask") else {"column_units": "uK"}
+        hp.write_map(str(out[name]), values, nest=nest, dtype=np.float64, **unit)
     # invalid pixels in the observed sky: a disc of UNSEEN near the north pole, two NaN
     holes = hp.query_disc(NSIDE, hp.ang2vec(0.3, 1.0), np.radians(8.0))
     unseen = sky.copy()
@@ -72,7 +81,7 @@ def files(tmp_path_factory):
     unseen[[100, 5000]] = np.nan
     out["holes"] = np.concatenate([holes, [100, 5000]])
     out["unseen"] = root / "unseen.fits"
-    hp.write_map(str(out["unseen"]), unseen, dtype=np.float64)
+    hp.write_map(str(out["unseen"]), unseen, dtype=np.float64, column_units="uK")
     return out
 
 
@@ -95,7 +104,7 @@ def _scatter_fits(files, name, out, *extra):
 
 def test_fits_map_scatters_as_the_same_map_of_the_sims_file(files):
     out = files["root"] / "ring_scat.h5"
-    stderr = _scatter_fits(files, "ring", out, "--mask", files["mask64"], *DECLARED)
+    stderr = _scatter_fits(files, "ring", out, "--mask", files["mask64"], *DECLARED, KEEP)
     # the mask at nside 64 (NESTED) is regraded, with one note, to the very mask of the sims
     notes = [line for line in stderr.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and "nside 64 regraded to 32" in notes[0], stderr
@@ -116,6 +125,23 @@ def test_fits_map_scatters_as_the_same_map_of_the_sims_file(files):
     assert a == b  # what evaluate compares
 
 
+def test_the_default_removes_the_cut_sky_fit(files):
+    """Without --keep-dipole the monopole and dipole fitted on the observed pixels are
+    removed, and recorded: healpy's fit on those pixels of the sky (a few uK here, taken
+    from the CMB's low multipoles on the cut sky)."""
+    out = files["root"] / "ring_removed_scat.h5"
+    stderr = _scatter_fits(files, "ring", out, "--mask", files["mask64"], *DECLARED)
+    assert "fitted on its" in stderr and "unmasked pixels and removed" in stderr
+    observed = open_source(files["ring"], observation=ObservationConfig(mask=str(files["mask64"])),
+                           note=lambda line: None).mask_binary
+    monopole, dipole = hp.fit_dipole(np.where(observed, files["sky"], hp.UNSEEN))
+    with h5py.File(out, "r") as a, h5py.File(files["test_scat"], "r") as b:
+        assert a.attrs["monopole_uK"] == pytest.approx(monopole, rel=1e-9, abs=1e-9)
+        assert np.allclose(a.attrs["dipole_vector_uK"], dipole, rtol=1e-9, atol=1e-9)
+        assert a.attrs["dipole_fit_pixels"] == int(observed.sum())
+        assert not np.allclose(a["coeffs"][0], b["coeffs"][INDEX], rtol=1e-5, atol=1e-6 * np.abs(b["coeffs"][INDEX]).max())
+
+
 def test_nested_input_gives_the_same_as_ring(files):
     ring, nested = files["root"] / "ring32_scat.h5", files["root"] / "nested_scat.h5"
     _scatter_fits(files, "ring", ring, "--mask", files["mask32"], *DECLARED)
@@ -123,21 +149,24 @@ def test_nested_input_gives_the_same_as_ring(files):
     with h5py.File(ring, "r") as a, h5py.File(nested, "r") as b:
         assert np.array_equal(a["coeffs"][()], b["coeffs"][()])
         assert b.attrs["map_ordering"] == "NESTED"
-    source = open_source(files["nested"], observation=ObservationConfig(mask=str(files["mask32"])))
+    with fits_reading(remove_dipole=False):
+        source = open_source(files["nested"], observation=ObservationConfig(mask=str(files["mask32"])))
     assert np.array_equal(source.fits_map[source.mask_binary], files["sky"][source.mask_binary])
 
 
 def test_unseen_and_nan_pixels_end_up_masked(files):
     notes = []
     observation = ObservationConfig(60.0, 30.0, "", str(files["mask32"]), 5.0)
-    source = open_source(files["unseen"], observation=observation, note=notes.append)
+    with fits_reading(remove_dipole=False):  # w d is compared with the sims' sky below
+        source = open_source(files["unseen"], observation=observation, note=notes.append)
     holes = files["holes"]
     assert len(notes) == 1 and f"{holes.size} of {hp.nside2npix(NSIDE)} pixels" in notes[0]
     assert np.all(source.mask[holes] == 0) and not source.mask_binary[holes].any()
     assert np.all(np.isfinite(source.fits_map)) and np.all(source.fits_map[holes] == 0)
     # the taper runs away from the holes as from the cut: their observed neighbours are
     # down-weighted against the clean map's mask, and no weight anywhere is raised
-    clean = open_source(files["ring"], observation=observation)
+    with fits_reading(remove_dipole=False):
+        clean = open_source(files["ring"], observation=observation)
     neighbours = np.setdiff1d(hp.get_all_neighbours(NSIDE, holes).ravel(), holes)
     neighbours = neighbours[clean.mask[neighbours] > 0]
     assert neighbours.size > 10 and np.all(source.mask[neighbours] < clean.mask[neighbours])
@@ -158,7 +187,7 @@ def test_a_map_above_the_models_nside_is_brought_down_in_harmonic_space(files):
     coefficients within 0.5 % (the zero-filled edge rings where the taper is near 0;
     ud_grade's pixel window would cost ~4 % here)."""
     out = files["root"] / "ring64_scat.h5"
-    stderr = _scatter_fits(files, "ring64", out, "--mask", files["mask32"], *DECLARED, "--nside", NSIDE)
+    stderr = _scatter_fits(files, "ring64", out, "--mask", files["mask32"], *DECLARED, "--nside", NSIDE, KEEP)
     assert "nside 64 brought to 32 in harmonic space" in stderr
     with h5py.File(out, "r") as a, h5py.File(files["test_scat"], "r") as b:
         x, y = a["coeffs"][0], b["coeffs"][INDEX]
@@ -175,10 +204,11 @@ def test_stats_of_a_fits_map_are_those_of_the_sims_map(files, tmp_path):
     simulate(sims, SimulationConfig(2, NSIDE, 3 * NSIDE - 1, 2000.0, 5, store="both", **OBSERVED),
              progress=False)
     with h5py.File(sims, "r") as f:
-        hp.write_map(str(tmp_path / "map95.fits"), f["maps"][1].astype(np.float64), dtype=np.float64)
+        hp.write_map(str(tmp_path / "map95.fits"), f["maps"][1].astype(np.float64), dtype=np.float64,
+                     column_units="uK")
     compute_stats(sims, tmp_path / "sims_stats.h5", progress=False, mean_field_maps=4)
     code, _, stderr = invoke("stats", tmp_path / "map95.fits", tmp_path / "fits_stats.h5", "--mask",
-                             files["mask32"], *DECLARED, "--mean-field-maps", 4, "--no-progress")
+                             files["mask32"], *DECLARED, "--mean-field-maps", 4, KEEP, "--no-progress")
     assert code == 0, stderr
     with h5py.File(tmp_path / "fits_stats.h5", "r") as a, h5py.File(tmp_path / "sims_stats.h5", "r") as b:
         for name in ("powspec", "onepoint", "cubic", "minkowski"):
@@ -191,13 +221,14 @@ def test_stats_of_a_fits_map_are_those_of_the_sims_map(files, tmp_path):
 def test_evaluate_scores_a_fits_map_with_its_false_alarm_probability(files, hybrid_run, tmp_path):
     data = files["root"] / "ring_scat.h5"
     if not data.exists():
-        _scatter_fits(files, "ring", data, "--mask", files["mask64"], *DECLARED)
+        _scatter_fits(files, "ring", data, "--mask", files["mask64"], *DECLARED, KEEP)
     proc = run_cli("evaluate", hybrid_run, data, "--out", tmp_path / "scores", "--device", "cpu",
                    "--no-progress")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("map 0: score ")
-    assert "(logit), P(non-Gaussian) " in lines[0] and "false-alarm p = " in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("map 0: one-sided p = ")
+    assert "the fraction of Gaussian reference maps scoring >= it" in lines[0]
+    assert "(logit; sigmoid " in lines[0] and ": a score, not a calibrated probability" in lines[0]
     result = json.loads((tmp_path / "scores" / "scores.json").read_text())
     assert result["reference"] == str(files["test_scat"])  # from the run's metrics.json
     row = result["maps"][0]
@@ -210,6 +241,7 @@ def test_evaluate_scores_a_fits_map_with_its_false_alarm_probability(files, hybr
     assert result["p_value_floor"] == pytest.approx(1 / 5)
     assert row["probability"] == pytest.approx(1 / (1 + np.exp(-row["score"])))
     assert f"{row['score']:+.4f}" in lines[0] and f"{row['p_value']:.4g}" in lines[0]
+    assert f"the map counted: {k} of {gaussian.size}; floor" in lines[0]
     logit = predict(hybrid_run, data, device="cpu", progress=False)
     assert row["score"] == pytest.approx(float(logit[0]), abs=1e-9)
     assert (hybrid_run / "metrics.json").exists()  # the run's own evaluation is left alone
@@ -242,7 +274,7 @@ def test_a_run_trained_on_another_observation_is_refused_unless_forced(files, hy
     assert not (tmp_path / "e" / "scores.json").exists()
     code, stdout, stderr = invoke("evaluate", hybrid_run, other, "--out", tmp_path / "f", "--force",
                                   "--device", "cpu", "--no-progress")
-    assert code == 0 and stdout.startswith("map 0: score "), stderr
+    assert code == 0 and stdout.startswith("map 0: one-sided p = "), stderr
     result = json.loads((tmp_path / "f" / "scores.json").read_text())
     assert "beam_fwhm_arcmin" in result["observation_differs"]
 
@@ -272,7 +304,7 @@ def test_bad_fits_input_is_refused_in_one_line(files, tmp_path):
     zero_mask = tmp_path / "zero_mask.fits"
     hp.write_map(str(zero_mask), np.zeros(hp.nside2npix(16)), dtype=np.float32)
     all_unseen = tmp_path / "all_unseen.fits"
-    hp.write_map(str(all_unseen), np.full(hp.nside2npix(NSIDE), hp.UNSEEN), dtype=np.float32)
+    hp.write_map(str(all_unseen), np.full(hp.nside2npix(NSIDE), hp.UNSEEN), dtype=np.float32, column_units="uK")
     ring = files["ring"]
     cases = [
         ((not_healpix,), "not a readable HEALPix map"),

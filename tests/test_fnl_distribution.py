@@ -279,7 +279,7 @@ def test_older_files_without_fnl(tmp_path):
 
 def test_fits_maps_have_unknown_fnl(files, tmp_path):
     m = hp.alm2map(read(files["sims"])[0]["alm"][0].astype(complex), NSIDE, lmax=LMAX)
-    hp.write_map(str(tmp_path / "m.fits"), m, dtype=np.float64)
+    hp.write_map(str(tmp_path / "m.fits"), m, dtype=np.float64, column_units="uK")
     source = open_source(tmp_path / "m.fits")
     assert source.fnl.shape == (1,) and np.isnan(source.fnl).all()
     compute_stats(tmp_path / "m.fits", tmp_path / "stats.h5", progress=False)

@@ -122,7 +122,7 @@ def test_maps_only_sims_and_fits_input(tmp_path, sims, reference):
         one_map = h5py.File(maps_only, "r")["maps"][1]
         first = y[1]
     fits = tmp_path / "sky.fits"
-    hp.write_map(str(fits), one_map, dtype=np.float32)
+    hp.write_map(str(fits), one_map, dtype=np.float32, column_units="uK")
     out2 = tmp_path / "from_fits.h5"
     r = run("scatter", fits, out2, *ARGS, "--lmax", LMAX)
     assert r.exit_code == 0, r.output
@@ -131,7 +131,7 @@ def test_maps_only_sims_and_fits_input(tmp_path, sims, reference):
         assert a["labels"][()].tolist() == [-1] and a["seeds"][()].tolist() == [-1]
         assert np.linalg.norm(a["coeffs"][0] - first) < 1e-3 * np.linalg.norm(first)
     gz = tmp_path / "sky.fits.gz"
-    hp.write_map(str(gz), one_map, dtype=np.float32)
+    hp.write_map(str(gz), one_map, dtype=np.float32, column_units="uK")
     assert run("scatter", gz, tmp_path / "gz.h5", *ARGS, "--lmax", LMAX).exit_code == 0
     with h5py.File(out2, "r") as a, h5py.File(tmp_path / "gz.h5", "r") as b:
         assert np.array_equal(a["coeffs"][()], b["coeffs"][()])

@@ -23,7 +23,9 @@ An unlabelled file (labels -1: the scattering or statistics of a user's FITS map
 :mod:`cmbscat.sky.fits_map`) is scored map by map instead (:func:`score_maps`): the
 logit, its probability and its false-alarm probability among the Gaussian maps of a
 labelled reference test set (:func:`false_alarm_probability`), or an f_NL estimator's
-estimate and sigma; ``scores.json``.
+estimate and sigma; ``scores.json``. A FITS map itself is made into the model's input
+first (:func:`fits_input`, with the settings the run folder's ``input.json`` records), or,
+from Python, refused with the command that makes it (:func:`fits_hint`).
 
 A network's checkpoint and a classical model's ``model.pkl`` record how the training data
 were observed (beam, noise, mask: :func:`cmbscat.experiment.datasets.observation_identity`
@@ -51,8 +53,8 @@ from cmbscat.experiment.metrics import classification_metrics, roc_points
 from cmbscat.lock import OutputLock
 from cmbscat.store import (atomic_write_text, content_hash, describe_difference, differing_keys,
                            file_sha256, require_kind)
-from cmbscat.experiment.train import (CLASSICAL_MODELS, MODEL_INPUTS, model_inputs, model_weight,
-                                      resolve_device)
+from cmbscat.experiment.train import (CLASSICAL_MODELS, MODEL_INPUTS, locate_recorded_file, model_inputs,
+                                      model_weight, read_input_record, resolve_device)
 
 # maps per forward pass when scoring; only memory depends on it (the networks are in eval
 # mode, so batch norm uses its stored statistics and each map's output is its own)
@@ -222,6 +224,136 @@ def plot_roc(path: Path, labels: np.ndarray, logits: np.ndarray, title: str) -> 
     plt.close(fig)
 
 
+def test_file_record(data: str | Path, out_dir: str | Path) -> dict:
+    """How a metrics.json in ``out_dir`` names its test file ``data``: ``test_file``, its
+    absolute path when evaluated (so that the default ``--reference`` is found from any
+    working directory), and ``test_file_from_out``, the same relative to ``out_dir`` (found
+    again when the whole tree is moved)."""
+    absolute = Path(data).resolve()
+    return {"test_file": str(absolute),
+            "test_file_from_out": os.path.relpath(absolute, Path(out_dir).resolve())}
+
+
+def refuse_fits_map(run_dirs, data: str | Path) -> None:
+    """A FITS map given where a stage file is read: refused in one line that names the
+    command making this model's input from it, with the run's settings (:func:`fits_hint`)."""
+    from cmbscat.sky.source import _is_fits
+
+    if Path(data).is_file() and not _hdf5(data) and _is_fits(Path(data)):
+        raise CmbscatError(fits_hint(run_dirs, data))
+
+
+def _hdf5(path) -> bool:
+    import h5py
+
+    return h5py.is_hdf5(path)
+
+
+def fits_hint(run_dirs, data: str | Path) -> str:
+    """One line: ``data`` is a FITS map, and the command that makes the model's input from it
+    (:func:`fits_input_command`), or why none can be named."""
+    run_dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
+    try:
+        record = _common_input_record(run_dirs, data)
+    except CmbscatError as err:
+        return str(err.message)
+    return (f"{data} is a FITS map: make this model's input first: "
+            f"{fits_input_command(record, data, _made_input_name(record, data))}, then evaluate that file "
+            "(or give the FITS map to the cmbscat evaluate command, which makes it)")
+
+
+def _made_input_name(record: dict, data: str | Path) -> str:
+    stem = Path(data).name
+    for suffix in (".gz", ".fits", ".fit", ".fts"):
+        stem = stem[:-len(suffix)] if stem.lower().endswith(suffix) else stem
+    return f"{stem}_{'scat' if record['stage'] == 'scatter' else 'stats'}.h5"
+
+
+def _common_input_record(run_dirs, data) -> dict:
+    """The input record (:func:`~cmbscat.experiment.train.read_input_record`) all ``run_dirs``
+    share; one-line error when one has none, is the baseline, or they differ."""
+    records = []
+    for run_dir in run_dirs:
+        load_run(run_dir)
+        record = read_input_record(run_dir)
+        if record is None:
+            raise CmbscatError(f"{data} is a FITS map: make this model's input first with cmbscat scatter "
+                               f"or stats at its training data's settings ({run_dir} has no input.json, "
+                               "and its training file is not found to read them from)")
+        if record.get("stage") is None:
+            raise CmbscatError(f"{data} is a FITS map; {run_dir} is the low-resolution baseline, which reads "
+                               "sims files (cmbscat simulate) only")
+        records.append(record)
+    first = records[0]
+    for run_dir, record in zip(run_dirs[1:], records[1:]):
+        if (record["stage"], record["settings"]) != (first["stage"], first["settings"]):
+            raise CmbscatError(f"{data} is a FITS map, and the runs read inputs made otherwise ({run_dirs[0]}: "
+                               f"{' '.join(first['options'])}; {run_dir}: {' '.join(record['options'])})")
+    return first
+
+
+def fits_input_command(record: dict, data: str | Path, out: str | Path, declared: list[str] | None = None) -> str:
+    """``cmbscat scatter|stats DATA OUT OPTIONS``: the command that makes a model's input
+    (its input ``record``) from the FITS map ``data``; ``declared``: the options describing
+    the map (its observation, unit), else the model's observation options."""
+    import shlex
+
+    options = record["options"] + (record.get("observation_options", []) if declared is None else declared)
+    return " ".join(["cmbscat", record["stage"], shlex.quote(str(data)), shlex.quote(str(out)),
+                     *map(shlex.quote, options)])
+
+
+def fits_input(run_dirs, data: str | Path, folder: str | Path, observation=None, unit: str | None = None,
+               remove_dipole: bool = True, declared: list[str] | None = None,
+               progress: bool = True, note=None, force: bool = False) -> tuple[Path, str]:
+    """Make the input of the runs' model from the FITS map ``data`` into ``folder``: its
+    scattering or statistics with the settings the runs record (:func:`_common_input_record`),
+    the map read with ``unit`` and ``remove_dipole`` (:func:`cmbscat.sky.fits_map.fits_reading`)
+    and observed as ``observation`` (an :class:`~cmbscat.sky.observe.ObservationConfig`,
+    None: the full sky). Returns (the file, the equivalent command line; ``declared``: the
+    FITS options as given, for that line); ``note`` receives that line once the input is
+    made (a refusal of the map stays one line). A map declared observed (a mask, beam,
+    noise) for a model trained on the full sky, or the other way round, is refused at once
+    unless ``force`` (the full comparison, :func:`observation_mismatch`, follows on the
+    made input)."""
+    from cmbscat.sky.fits_map import fits_reading
+
+    run_dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
+    record = _common_input_record(run_dirs, data)
+    settings = record["settings"]
+    trained = bool(record.get("observation_options"))
+    declared_observed = observation is not None and not observation.is_trivial
+    if trained != declared_observed and not force:
+        model = (f"maps observed with {' '.join(record['observation_options'])}" if trained
+                 else "the full sky, unobserved (no mask, beam or noise)")
+        given = (f"declared observed with {' '.join(o for o in (declared or []) if o.startswith('--'))}"
+                 if declared_observed else "declared with none of --mask, --beam-fwhm, --noise")
+        raise CmbscatError(f"{run_dirs[0]} was trained on {model}; {data} is {given}: its verdict would be "
+                           "wrong; use a model trained as the map was observed, or pass --force to "
+                           "evaluate anyway")
+    out = Path(folder) / _made_input_name(record, data)
+    command = fits_input_command(record, data, out.name, declared or [])
+    with fits_reading(unit, remove_dipole):
+        if record["stage"] == "scatter":
+            from cmbscat.scattering.stage import scatter
+
+            scatter(data, out, depth=settings["depth"], J0=settings["J0"], lam=settings["lam"],
+                    lmax=settings["lmax"], oversample=settings["oversample"], iter=settings["map2alm_iter"],
+                    min_nside=settings["min_nside"], odd=settings["odd"],
+                    **({"odd_power": settings["odd_power"]} if settings["odd"] else {}),
+                    progress=progress, observation=observation, nside=settings["nside"])
+        else:
+            from cmbscat.stats.stage import compute_stats
+
+            compute_stats(data, out, lmax=settings["lmax"], progress=progress, observation=observation,
+                          nside=settings["nside"],
+                          **({"mean_field_maps": settings["mean_field_maps"]}
+                             if "mean_field_maps" in settings else {}))
+    if note is not None:
+        note(command)
+    return out, command
+
+
 def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path | None = None,
              device: str = "auto", progress: bool = True, force: bool = False,
              calibration: str | Path | None = None) -> dict:
@@ -239,6 +371,7 @@ def evaluate(run_dir: str | Path, data: str | Path, out_dir: str | Path | None =
     if not Path(data).exists():
         raise CmbscatError(f"no such file: {data}")
     run = load_run(run_dir)  # a one-line error for a folder that is not a finished run, before any lock
+    refuse_fits_map(run_dir, data)
     with OutputLock(Path(out_dir or run_dir) / "metrics.json"):
         return _evaluate(run_dir, run, data, out_dir, device, progress, force, t0, calibration)
 
@@ -264,9 +397,9 @@ def _evaluate(run_dir, run: tuple[dict, Path], data, out_dir, device: str, progr
     record = evaluation_record(run_dir, data)
     logits = _logits(config, saved, data, device, BATCH_SIZE, progress)
     metrics = classification_metrics(labels, logits)
-    metrics.update({"model": config["model"], "seed": config.get("seed"), "test_file": str(data),
-                    **record, **forced, "wall_seconds": time.time() - t0})
     out = Path(out_dir) if out_dir else Path(run_dir)
+    metrics.update({"model": config["model"], "seed": config.get("seed"), **test_file_record(data, out),
+                    **record, **forced, "wall_seconds": time.time() - t0})
     out.mkdir(parents=True, exist_ok=True)
     # metrics.json is written last: drop an old one first, so that it never sits beside
     # the scores of another evaluation if this one is interrupted
@@ -293,9 +426,10 @@ def evaluate_fnl(run_dir, data, config: dict, out_dir, device: str, progress: bo
         data, calibration,
         lambda path: _checked_fnl_estimates(run_dir, config, saved, path, device, progress, force))
     mean, sigma = _corrected(response, *_fnl_estimates(config, saved, data, device, BATCH_SIZE, progress))
-    return _write_fnl_evaluation(Path(out_dir) if out_dir else Path(run_dir), true, mean, sigma,
+    out = Path(out_dir) if out_dir else Path(run_dir)
+    return _write_fnl_evaluation(out, true, mean, sigma,
                                  {"target": "fnl", "model": config["model"], "seed": config.get("seed"),
-                                  "test_file": str(data), **record, **forced, **calibrated},
+                                  **test_file_record(data, out), **record, **forced, **calibrated},
                                  config["model"], t0)
 
 
@@ -527,7 +661,7 @@ def evaluate_ensemble(run_dirs, data: str | Path, out_dir: str | Path, device: s
             data, calibration, lambda path: _ensemble_on(members, path, device, progress, force)[:2])
         mean, sigma, runs = _ensemble_on(members, data, device, progress, force)
         mean, sigma = _corrected(response, mean, sigma)
-        record = {"target": "fnl", **_ensemble_record(runs), "test_file": str(data),
+        record = {"target": "fnl", **_ensemble_record(runs), **test_file_record(data, out_dir),
                   "test_sha256": content_hash(data), **calibrated}
         return _write_fnl_evaluation(Path(out_dir), true, mean, sigma, record,
                                      f"{runs[0]['model']} ensemble of {len(runs)}", t0)
@@ -549,20 +683,41 @@ def false_alarm_probability(scores: np.ndarray, gaussian_scores: np.ndarray) -> 
 
 def default_reference(run_dir: str | Path) -> Path:
     """The labelled test file that the run was evaluated on: ``test_file`` of the run
-    folder's ``metrics.json`` (what ``cmbscat evaluate`` and the pipeline write there).
-    One-line error, asking for ``--reference``, when there is none or it is gone."""
+    folder's ``metrics.json`` (what ``cmbscat evaluate`` and the pipeline write there),
+    found from any working directory: an absolute path as it is, else ``test_file_from_out``
+    against the run folder, and a relative ``test_file`` (written by an evaluation run
+    elsewhere) against the working directory, the run folder and each folder above it,
+    the one with the recorded ``test_sha256`` first
+    (:func:`~cmbscat.experiment.train.locate_recorded_file`). One-line error, asking for
+    ``--reference``, when there is none or it is gone."""
     metrics_path = Path(run_dir) / "metrics.json"
     ask = ("give --reference TEST.h5, a labelled test file of the same kind, observed as the "
            "training data, whose Gaussian maps set the false-alarm probability")
     if not metrics_path.exists():
         raise CmbscatError(f"{run_dir} has no metrics.json naming its test file; {ask}")
     try:
-        test_file = json.loads(metrics_path.read_text()).get("test_file")
+        metrics = json.loads(metrics_path.read_text())
+        test_file, sha = metrics.get("test_file"), metrics.get("test_sha256")
+        from_out = metrics.get("test_file_from_out")
     except (json.JSONDecodeError, AttributeError):
         raise CmbscatError(f"{metrics_path} is not a readable metrics file; {ask}") from None
-    if not test_file or not Path(test_file).is_file():
+    found = None
+    if test_file:
+        found = locate_recorded_file(test_file, run_dir, sha)
+    if from_out and (found is None or (sha and _content_hash_or_none(found) != sha)):
+        moved = Path(run_dir) / from_out
+        if moved.is_file() and (found is None or _content_hash_or_none(moved) == sha):
+            found = moved
+    if found is None:
         raise CmbscatError(f"{metrics_path} names test file {test_file!r}, which is not there; {ask}")
-    return Path(test_file)
+    return found
+
+
+def _content_hash_or_none(path) -> str | None:
+    try:
+        return content_hash(path)
+    except (CmbscatError, OSError):
+        return None
 
 
 def _unlabelled(data: str | Path) -> np.ndarray:
@@ -582,7 +737,8 @@ def is_unlabelled(data: str | Path) -> bool:
 
 def score_maps(run_dir: str | Path, data: str | Path, reference: str | Path | None = None,
                out_dir: str | Path | None = None, device: str = "auto", progress: bool = True,
-               force: bool = False, calibration: str | Path | None = None) -> dict:
+               force: bool = False, calibration: str | Path | None = None,
+               made_from: dict | None = None) -> dict:
     """Score every map of the unlabelled file ``data`` (e.g. ``cmbscat scatter MAP.fits``'s
     output) with the run in ``run_dir``; write ``scores.json`` in ``out_dir`` (default: the run
     folder) and return what it holds.
@@ -599,19 +755,23 @@ def score_maps(run_dir: str | Path, data: str | Path, reference: str | Path | No
     A network trained on data observed otherwise (beam, noise, mask) than ``data`` or the
     reference is refused in one line unless ``force`` (:func:`observation_mismatch`; what
     differed is then recorded). A second scoring into the same folder is refused at start
-    (:class:`cmbscat.lock.OutputLock` on ``scores.json``).
+    (:class:`cmbscat.lock.OutputLock` on ``scores.json``). A FITS map as ``data`` is refused
+    with the command that makes the model's input from it (:func:`fits_hint`; the CLI makes
+    it itself, :func:`fits_input`, and passes ``made_from``: what scores.json then records
+    of the FITS map and of how its input was made).
     """
     t0 = time.time()
     if not Path(data).exists():
         raise CmbscatError(f"no such file: {data}")
     run = load_run(run_dir)  # a one-line error for a folder that is not a finished run, before any lock
+    refuse_fits_map(run_dir, data)
     with OutputLock(Path(out_dir or run_dir) / "scores.json"):
         return _score_maps(run_dir, run, data, reference, out_dir, device, progress, force, t0,
-                           calibration)
+                           calibration, made_from)
 
 
 def _score_maps(run_dir, run: tuple[dict, Path], data, reference, out_dir, device: str, progress: bool,
-                force: bool, t0: float, calibration=None) -> dict:
+                force: bool, t0: float, calibration=None, made_from: dict | None = None) -> dict:
     """The body of :func:`score_maps` (``run``: :func:`load_run`'s answer), called with the
     lock on its ``scores.json`` held."""
     from scipy.special import expit
@@ -624,7 +784,7 @@ def _score_maps(run_dir, run: tuple[dict, Path], data, reference, out_dir, devic
     mismatch = observation_mismatch(run_dir, saved, data, force)
     record = {"run": str(run_dir), "model": config["model"], "seed": config.get("seed"),
               "data": str(data), "data_sha256": content_hash(data), "model_sha256": file_sha256(model_path),
-              **({"observation_differs": mismatch} if mismatch else {})}
+              **(made_from or {}), **({"observation_differs": mismatch} if mismatch else {})}
     if config.get("target", "label") == "fnl":
         if reference is not None:
             raise CmbscatError("--reference is for classifiers; an f_NL estimator's maps need none")
@@ -648,7 +808,7 @@ def _score_maps(run_dir, run: tuple[dict, Path], data, reference, out_dir, devic
         logits = _logits(config, saved, data, device, BATCH_SIZE, progress)
         ref_logits = _logits(config, saved, reference, device, BATCH_SIZE, progress)
         p_value, above = false_alarm_probability(logits, ref_logits[ref_labels == 0])
-        out = {**record, "target": "label", "reference": str(reference),
+        out = {**record, "target": "label", "reference": str(Path(reference).resolve()),
                "reference_sha256": content_hash(reference), "n_reference_gaussian": n_gauss,
                "p_value_floor": 1.0 / (1 + n_gauss),
                **({"reference_observation_differs": ref_mismatch} if ref_mismatch else {}),
@@ -656,10 +816,12 @@ def _score_maps(run_dir, run: tuple[dict, Path], data, reference, out_dir, devic
                          "p_value": float(p), "n_gaussian_at_or_above": int(k)}
                         for i, (s, p, k) in enumerate(zip(logits, p_value, above))],
                "meaning": "score: the logit (log-odds of non-Gaussian); probability: sigmoid(score), at "
-                          "the training set's class balance; p_value: one-sided empirical false-alarm "
-                          "probability (1 + n_gaussian_at_or_above) / (1 + n_reference_gaussian), the "
-                          "fraction of Gaussian reference maps scoring at least as high, floor "
-                          "1 / (1 + n_reference_gaussian)"}
+                          "the training set's class balance, a score, not a calibrated probability; "
+                          "p_value: one-sided empirical false-alarm probability (1 + "
+                          "n_gaussian_at_or_above) / (1 + n_reference_gaussian), the fraction of "
+                          "Gaussian reference maps scoring at least as high (the map counted among "
+                          "them), floor 1 / (1 + n_reference_gaussian); a map scoring below every "
+                          "reference map has p = 1"}
     out["wall_seconds"] = time.time() - t0
     folder = Path(out_dir) if out_dir else Path(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -678,7 +840,8 @@ def _fnl_scores(mean: np.ndarray, sigma: np.ndarray) -> dict:
 
 
 def score_maps_ensemble(run_dirs, data: str | Path, out_dir: str | Path, device: str = "auto",
-                        progress: bool = True, force: bool = False, calibration=None) -> dict:
+                        progress: bool = True, force: bool = False, calibration=None,
+                        made_from: dict | None = None) -> dict:
     """Estimate f_NL +/- sigma of every map of the unlabelled file ``data`` with the ensemble
     of the f_NL runs ``run_dirs`` (:func:`ensemble_fnl_estimates`); write ``scores.json`` in
     ``out_dir`` (required: an ensemble belongs to no one run's folder) and return what it
@@ -686,6 +849,7 @@ def score_maps_ensemble(run_dirs, data: str | Path, out_dir: str | Path, device:
     t0 = time.time()
     if not Path(data).exists():
         raise CmbscatError(f"no such file: {data}")
+    refuse_fits_map(run_dirs, data)
     with OutputLock(Path(out_dir) / "scores.json"):
         _unlabelled(data)
         response, calibrated = response_calibration(
@@ -693,7 +857,7 @@ def score_maps_ensemble(run_dirs, data: str | Path, out_dir: str | Path, device:
         mean, sigma, runs = ensemble_fnl_estimates(run_dirs, data, device, progress, force)
         mean, sigma = _corrected(response, mean, sigma)
         out = {**_ensemble_record(runs), "data": str(data), "data_sha256": content_hash(data),
-               **_fnl_scores(mean, sigma), **calibrated,
+               **(made_from or {}), **_fnl_scores(mean, sigma), **calibrated,
                "wall_seconds": time.time() - t0}
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(out_dir) / "scores.json", json.dumps(out, indent=2))

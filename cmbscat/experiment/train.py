@@ -13,7 +13,11 @@ Run folder contents:
 * ``last.pt``           the latest epoch's full state (model, optimiser, scheduler,
                         history), from which an interrupted run resumes;
 * ``history.csv``, ``curves.png``   learning curves;
-* ``model.pkl``         instead of the ``.pt`` files, for the classical baselines.
+* ``model.pkl``         instead of the ``.pt`` files, for the classical baselines;
+* ``input.json``        how a user's map must be made into this model's input
+                        (:func:`input_record`: the ``cmbscat scatter`` or ``stats`` settings
+                        of the training data, its observation), read by ``cmbscat evaluate
+                        RUN MAP.fits``; not part of the run's record.
 
 While a run trains, ``RUN_DIR.lock`` sits beside (not in) the folder: one writer at a time.
 
@@ -277,6 +281,145 @@ def run_record(config: TrainConfig) -> dict:
     return {**asdict(config), "data_sha256": content_hash(config.data)}
 
 
+#: What input.json says (:func:`input_record`).
+INPUT_MEANING = ("a user's map is this model's input when made with `cmbscat STAGE MAP.fits OUT.h5 "
+                 "OPTIONS` (stage, options), its observation declared as the training data's were "
+                 "made (observation, observation_options: the mask, beam and noise the map must have "
+                 "been observed with); cmbscat evaluate RUN MAP.fits makes it so")
+
+
+def input_record(data: str | Path, model: str) -> dict:
+    """How a map becomes the input of a ``model`` trained on the stage file ``data``
+    (what a run folder's ``input.json`` holds, :func:`write_input_record`).
+
+    ``stage``: "scatter" or "stats" (None for the low-resolution baseline, which reads sims
+    files only); ``settings``: the training data's settings of that stage (scatter: the map
+    nside, lmax, J0, depth, lam, odd channels and their power, oversample, min_nside,
+    map2alm_iter; stats: nside, lmax, and the mean-field maps of an observed file), nside
+    being the analysis nside of a FITS map (``--nside``); ``options``: them as command-line
+    options (those at their defaults left out, but nside, lmax, J0 and depth);
+    ``observation`` (:func:`~cmbscat.experiment.datasets.observation_identity`) and
+    ``observation_options``: how the training maps were observed (--mask, --apodize,
+    --beam-fwhm, --noise, --hits), as a FITS map must be declared.
+    """
+    import h5py
+
+    from cmbscat.experiment.datasets import observation_identity
+    from cmbscat.store import file_kind
+
+    kind = file_kind(data)
+    observation = observation_identity(data)
+    with h5py.File(data, "r") as f:
+        attrs = dict(f.attrs)
+    params = json.loads(attrs.get("cmbscat_params", "{}") or "{}")
+    if model == "baseline":
+        stage, settings, options = None, {"nside": int(attrs["nside"]), "lmax": int(attrs["lmax"])}, []
+    elif kind == "scattering":
+        from cmbscat.scattering.transform import (DEFAULT_ITER, DEFAULT_MIN_NSIDE, DEFAULT_ODD_POWER,
+                                                  DEFAULT_OVERSAMPLE, nside_for_band)
+
+        lmax = int(attrs["lmax"])
+        odd = bool(attrs.get("odd", False))
+        settings = {"nside": int(attrs["source_nside"]), "lmax": lmax, "J0": int(attrs["J0"]),
+                    "depth": int(attrs["depth"]), "lam": float(attrs.get("lam", 2.0)), "odd": odd,
+                    "odd_power": int(attrs["odd_power"]) if odd else None,
+                    "oversample": float(attrs.get("oversample", DEFAULT_OVERSAMPLE)),
+                    "min_nside": int(attrs["min_nside"]), "map2alm_iter": int(attrs.get("map2alm_iter", DEFAULT_ITER))}
+        stage = "scatter"
+        options = ["--nside", settings["nside"], "--lmax", lmax, "--J0", settings["J0"], "--depth", settings["depth"]]
+        if settings["lam"] != 2.0:
+            options += ["--lam", f"{settings['lam']:g}"]
+        if odd:
+            options += ["--odd"] + (["--odd-power", settings["odd_power"]]
+                                    if settings["odd_power"] != DEFAULT_ODD_POWER else [])
+        if settings["oversample"] != DEFAULT_OVERSAMPLE:
+            options += ["--oversample", f"{settings['oversample']:g}"]
+        if settings["min_nside"] != min(DEFAULT_MIN_NSIDE, nside_for_band(lmax)):
+            options += ["--min-nside", settings["min_nside"]]
+        if settings["map2alm_iter"] != DEFAULT_ITER:
+            options += ["--iter", settings["map2alm_iter"]]
+    else:  # a statistics file, or a sims file the classical model computed them from
+        from cmbscat.stats.observed import DEFAULT_MEAN_FIELD_MAPS
+
+        stage = "stats"
+        settings = {"nside": int(attrs["nside"]), "lmax": int(attrs["lmax"])}
+        options = ["--nside", settings["nside"], "--lmax", settings["lmax"]]
+        if "mean_field_maps" in params:
+            settings["mean_field_maps"] = int(params["mean_field_maps"])
+            if settings["mean_field_maps"] != DEFAULT_MEAN_FIELD_MAPS:
+                options += ["--mean-field-maps", settings["mean_field_maps"]]
+    declared = []
+    for key, option in (("mask", "--mask"), ("apodize_deg", "--apodize"), ("beam_fwhm_arcmin", "--beam-fwhm"),
+                        ("noise_uk_arcmin", "--noise"), ("hits", "--hits")):
+        value = observation.get(key)
+        if value:
+            declared += [option, f"{value:g}" if isinstance(value, float) else str(value)]
+    return {"stage": stage, "settings": settings, "options": [str(o) for o in options],
+            "observation": observation, "observation_options": declared,
+            "data": str(data), "meaning": INPUT_MEANING}
+
+
+def write_input_record(run_dir: Path, config: TrainConfig) -> None:
+    """Write ``run_dir/input.json`` (:func:`input_record` of the training data). Best effort:
+    a training file whose attributes do not tell (another program's) leaves none, and
+    ``cmbscat evaluate RUN MAP.fits`` then asks for the input to be made by hand."""
+    try:
+        record = input_record(config.data, config.model)
+    except (CmbscatError, KeyError, OSError, TypeError, ValueError):
+        return
+    atomic_write_text(run_dir / "input.json", json.dumps(record, indent=2))
+
+
+def locate_recorded_file(recorded: str | Path, folder: str | Path, sha256: str | None = None) -> Path | None:
+    """The file a record in ``folder`` (a run or evaluation folder) names as ``recorded``,
+    from any working directory: the path itself if absolute; a relative one (as written
+    by a command run elsewhere) against the working directory, ``folder`` and each folder
+    above ``folder``. With ``sha256`` (the recorded content hash,
+    :func:`cmbscat.store.content_hash`) the first candidate with that content; without
+    it, or when none has it, the first that exists. None when none exists."""
+    recorded = Path(recorded)
+    folder = Path(folder).resolve()
+    if recorded.is_absolute():
+        candidates = [recorded]
+    else:
+        candidates = [Path.cwd() / recorded, folder / recorded] + [up / recorded for up in folder.parents]
+    existing = [c for c in dict.fromkeys(candidates) if c.is_file()]
+    if sha256:
+        for candidate in existing:
+            try:
+                if content_hash(candidate) == sha256:
+                    return candidate
+            except (CmbscatError, OSError):
+                continue
+    return existing[0] if existing else None
+
+
+def read_input_record(run_dir: str | Path) -> dict | None:
+    """The run's ``input.json`` (:func:`input_record`); for a run made before it existed,
+    the same record derived from its training data (``config.json``'s ``data``, found by
+    :func:`locate_recorded_file` with its content hash); None when neither tells."""
+    run_dir = Path(run_dir)
+    path = run_dir / "input.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            pass
+    try:
+        config = read_run_record(run_dir)
+    except json.JSONDecodeError:
+        return None
+    if not config or "data" not in config:
+        return None
+    data = locate_recorded_file(config["data"], run_dir, config.get("data_sha256"))
+    if data is None:
+        return None
+    try:
+        return input_record(data, config.get("model", ""))
+    except (CmbscatError, KeyError, OSError, TypeError, ValueError):
+        return None
+
+
 def read_run_record(run_dir: str | Path) -> dict | None:
     """The record in ``run_dir/config.json``, or None when there is none."""
     path = Path(run_dir) / "config.json"
@@ -307,10 +450,12 @@ def _existing_run(run_dir: Path, config: TrainConfig, record: dict) -> bool:
     return True
 
 
-def _create_run_dir(run_dir: Path, record: dict) -> None:
+def _create_run_dir(run_dir: Path, record: dict, config: TrainConfig | None = None) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2))
+        if config is not None:
+            write_input_record(run_dir, config)
     except OSError as exc:
         raise CmbscatError(f"cannot write run folder {run_dir}: {exc.strerror or exc}") from None
 
@@ -338,6 +483,8 @@ def train(run_dir: str | Path, config: TrainConfig, device: str = "auto",
     existing = _existing_run(run_dir, config, record)
     summary_path = run_dir / "summary.json"
     if existing and summary_path.exists():
+        if not (run_dir / "input.json").exists():  # a run made before input.json existed
+            write_input_record(run_dir, config)
         return json.loads(summary_path.read_text())
     t0 = time.time()
     from cmbscat.nn.distributed import DistributedContext
@@ -356,7 +503,7 @@ def train(run_dir: str | Path, config: TrainConfig, device: str = "auto",
             return json.loads(summary_path.read_text())
         inputs = _load_inputs(config, progress)
         if not existing:
-            _create_run_dir(run_dir, record)
+            _create_run_dir(run_dir, record, config)
         if config.model in CLASSICAL_MODELS:
             summary = _train_classical(run_dir, config, inputs)
         else:
@@ -386,7 +533,7 @@ def _train_distributed(run_dir: Path, config: TrainConfig, record: dict, device:
                 return json.loads(summary_path.read_text())
             inputs = _load_inputs(config, progress and dist.is_main)
             if dist.is_main and not existing:
-                _create_run_dir(run_dir, record)
+                _create_run_dir(run_dir, record, config)
             dist.barrier()  # the folder (and a resumable last.pt) exists before any rank reads it
             summary = _train_network(run_dir, config, inputs, device, progress, dist)
             summary["wall_seconds"] = time.time() - t0

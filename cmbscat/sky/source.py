@@ -8,7 +8,8 @@ through :func:`open_source`, so they accept and refuse the same files:
   ``nside``); ``/seeds`` and ``/fnl`` (each map's f_NL) optional. Recognised by its datasets
   (:func:`cmbscat.store.file_kind`), not by cmbscat's own ``kind`` attribute;
 * a HEALPix FITS map (``healpy.read_map``, RING or NESTED from its header), one unlabelled
-  map (label -1, f_NL NaN). Its NaN / UNSEEN pixels are masked, and a declared mask,
+  map (label -1, f_NL NaN), converted to uK from its header's unit (or ``--unit``), its
+  monopole and dipole removed. Its NaN / UNSEEN pixels are masked, and a declared mask,
   beam and noise (and an analysis nside) make it an observed map at the model's
   resolution: :mod:`cmbscat.sky.fits_map`.
 
@@ -268,6 +269,11 @@ def open_source(path: str | Path, purpose: str = "this stage", observation=None,
         if declared:
             raise CmbscatError(f"{path} is a sims file, which records its own observation; --mask, "
                                "--apodize, --beam-fwhm, --noise, --hits and --nside describe a FITS map")
+        from cmbscat.sky.fits_map import current_reading
+
+        if not current_reading().is_default:
+            raise CmbscatError(f"{path} is a sims file, in uK with l = 0, 1 at zero; --unit and "
+                               "--keep-dipole describe a FITS map")
         kind = file_kind(path)
         if kind != "sims":
             raise CmbscatError(f"{path} is a {kind} file, not a sims file ({purpose} reads maps: "
