@@ -166,7 +166,7 @@ def test_train_on_one_run_folder_is_refused_while_held(tmp_path):
         assert not run.exists()  # refused at start: no run folder
     run_cli(*args, check=True)
     assert (run / "summary.json").exists() and not (tmp_path / "runs" / "r.lock").exists()
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "model.pkl", "summary.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "input.json", "model.pkl", "summary.json"]
     with OutputLock(run):  # a finished run is read without the lock
         run_cli(*args, check=True)
 
