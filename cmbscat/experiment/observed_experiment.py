@@ -66,9 +66,9 @@ def run_observed(config_path: str | Path, device: str = "auto", progress: bool =
     """Run the experiment of ``config_path`` in each of its ``observations`` settings, then
     the first setting's models on every other setting's test maps; write the comparison
     table ``<out>/observed_table.md`` (or the config's ``table``) and return its path."""
-    from cmbscat.experiment.docs_page import check_config_page, fill_config_page
-    from cmbscat.experiment.pipeline import (Experiment, Runner, current_results, load_config,
-                                             model_seeds, run_pipeline, select_models)
+    from cmbscat.experiment.docs_page import check_config_page
+    from cmbscat.experiment.pipeline import (Experiment, Runner, _fill_docs_page, current_results,
+                                             load_config, model_seeds, run_pipeline, select_models)
 
     cfg = load_config(config_path)
     cfg.setdefault("config_name", str(config_path))
@@ -112,8 +112,7 @@ def run_observed(config_path: str | Path, device: str = "auto", progress: bool =
     table.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(table, observed_table(cfg, results, transfers))
     click.echo(table.read_text(), err=True)
-    if fill_config_page(cfg, table):
-        click.echo(f"wrote the table into {cfg['docs_page']}", err=True)
+    _fill_docs_page(cfg, table)
     return table
 
 

@@ -54,6 +54,7 @@ import click
 import numpy as np
 
 from cmbscat.errors import CmbscatError
+from cmbscat.experiment.docs_page import check_config_page, fill_config_page
 from cmbscat.lock import OutputLock
 from cmbscat.store import atomic_write_text, describe_difference, differing_keys
 
@@ -683,7 +684,7 @@ def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool =
     cfg = load_config(config_path)
     cfg.setdefault("config_name", str(config_path))
     table = Path(cfg.get("table", Path(cfg["out"]) / "table.md"))
-    _check_docs_page(cfg, table)
+    check_config_page(cfg, table)  # before anything runs
     results = run_experiment(cfg, device, progress, only, rerun_changed, sealed, executor)
     table.parent.mkdir(parents=True, exist_ok=True)
     runner = Runner(Path(cfg["out"]))
@@ -697,24 +698,15 @@ def run_pipeline(config_path: str | Path, device: str = "auto", progress: bool =
         atomic_write_text(table, fnl_table(cfg, by_model, timings))
         plot_fnl_methods(table.with_suffix(".png"), by_model)
     else:
-        timings = {**timings, WALL_CLOCK_KEY: wall_clock(runner.spans)}
-        atomic_write_text(table, results_table(cfg, results, timings))
+        atomic_write_text(table, results_table(cfg, results, timings, wall_clock(runner.spans)))
     click.echo(table.read_text(), err=True)
     _fill_docs_page(cfg, table)
     return table
 
 
-def _check_docs_page(cfg: dict, table: Path) -> None:
-    from cmbscat.experiment.docs_page import check_config_page
-
-    check_config_page(cfg, table)
-
-
 def _fill_docs_page(cfg: dict, table: Path) -> None:
     """Write ``table`` into the config's ``"docs_page"`` (if any), in the block marked with
     the table's path (:mod:`cmbscat.experiment.docs_page`)."""
-    from cmbscat.experiment.docs_page import fill_config_page
-
     page = fill_config_page(cfg, table)
     if page:
         click.echo(f"wrote the table into {page}", err=True)
@@ -819,10 +811,12 @@ def _input_description(cfg: dict, model: str) -> str:
     return f"map at lmax {sim['lmax']}, nside {sim['nside']}"
 
 
-def results_table(cfg: dict, results: dict[str, dict[str, ModelResult]], timings: dict) -> str:
+def results_table(cfg: dict, results: dict[str, dict[str, ModelResult]], timings: dict,
+                  wall: float | None = None) -> str:
     """Markdown: per test set, a table of methods (accuracy, Wilson interval, seed spread,
     AUC, wall time, paper's figure) and a table of paired differences with the reference
-    methods (config ``compare_to``, default the hybrid)."""
+    methods (config ``compare_to``, default the hybrid). ``wall``: the run's wall clock in
+    seconds (:func:`wall_clock`), printed beside the sum of the stage times when given."""
     sim = cfg["simulate"]
     amplitude = (f"g_NL {sim['gnl']:g}" if sim.get("ng_model") == "gnl" else f"f_NL {sim['fnl']:g}")
     lines = [f"# {cfg.get('title', 'Results')}", "",
@@ -854,8 +848,6 @@ def results_table(cfg: dict, results: dict[str, dict[str, ModelResult]], timings
     lines += ["Accuracy intervals: Wilson score, 68.27 %, for the test-map sampling (of the "
               "seed-mean accuracy for networks); training seeds: standard deviation and range "
               "of the accuracy over seeds (initialisation, validation split and shuffling).", ""]
-    timings = dict(timings)
-    wall = timings.pop(WALL_CLOCK_KEY, None)
     total = sum(timings.values())
     stage_times = ", ".join(f"{k} {_duration(v)}" for k, v in timings.items())
     lines += [f"Stage wall times: {stage_times}; sum {_duration(total)}."]
@@ -863,10 +855,6 @@ def results_table(cfg: dict, results: dict[str, dict[str, ModelResult]], timings
         lines += [f"Wall clock from the first stage's start to the last one's end: {_duration(wall)} "
                   "(stages side by side overlap, so this is less than the sum)."]
     return "\n".join(lines + [""])
-
-
-#: the key under which :func:`run_pipeline` hands :func:`results_table` the run's wall clock
-WALL_CLOCK_KEY = "(wall clock)"
 
 
 def wall_clock(spans: dict[str, list[float]]) -> float | None:
@@ -942,7 +930,7 @@ def run_scan(config_path: str | Path, device: str = "auto", progress: bool = Tru
     list_key, setting, label = scan_parameter(cfg, config_path)
     models = select_models(cfg, only)
     out = Path(cfg["out"])
-    _check_docs_page(cfg, out / f"{setting}_scan.md")
+    check_config_page(cfg, out / f"{setting}_scan.md")  # before anything runs
     results: dict[float, dict[str, dict]] = {}
     for value in cfg[list_key]:
         folder = out / f"{setting}_{value:g}"
