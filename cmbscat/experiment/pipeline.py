@@ -812,10 +812,10 @@ def _input_description(cfg: dict, model: str) -> str:
 
 
 def results_table(cfg: dict, results: dict[str, dict[str, ModelResult]], timings: dict,
-                  wall: float | None = None) -> str:
+                  wall_seconds: float | None = None) -> str:
     """Markdown: per test set, a table of methods (accuracy, Wilson interval, seed spread,
     AUC, wall time, paper's figure) and a table of paired differences with the reference
-    methods (config ``compare_to``, default the hybrid). ``wall``: the run's wall clock in
+    methods (config ``compare_to``, default the hybrid). ``wall_seconds``: the run's wall clock in
     seconds (:func:`wall_clock`), printed beside the sum of the stage times when given."""
     sim = cfg["simulate"]
     amplitude = (f"g_NL {sim['gnl']:g}" if sim.get("ng_model") == "gnl" else f"f_NL {sim['fnl']:g}")
@@ -851,8 +851,8 @@ def results_table(cfg: dict, results: dict[str, dict[str, ModelResult]], timings
     total = sum(timings.values())
     stage_times = ", ".join(f"{k} {_duration(v)}" for k, v in timings.items())
     lines += [f"Stage wall times: {stage_times}; sum {_duration(total)}."]
-    if wall:
-        lines += [f"Wall clock from the first stage's start to the last one's end: {_duration(wall)} "
+    if wall_seconds:
+        lines += [f"Wall clock from the first stage's start to the last one's end: {_duration(wall_seconds)} "
                   "(stages side by side overlap, so this is less than the sum)."]
     return "\n".join(lines + [""])
 
