@@ -42,6 +42,11 @@ def test_smoke_pipeline_runs_every_stage_seeds_and_resumes(tmp_path):
     assert table.split("\n", 1)[1].strip() in page.read_text() and "\nold\n" not in page.read_text()
     assert page.read_text().endswith("<!-- table:end -->\n\nReading.\n")
     assert "Wall clock from the first stage's start to the last one's end" in table
+    # the run's span: at least the sum of the stages that ran one after the other
+    wall = float(table.split("to the last one's end: ", 1)[1].split(" s ", 1)[0])
+    timings = json.loads((tmp_path / "out" / "timings.json").read_text())
+    serial = sum(t for name, t in timings.items() if name.startswith(("simulate", "scatter", "stats")))
+    assert wall >= round(serial) - 1, (wall, serial)
     out = tmp_path / "out"
     for model in ("hybrid", "baseline"):
         seeds = [json.loads((out / "runs" / model / f"seed{k}" / "metrics.json").read_text())
